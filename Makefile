@@ -1,0 +1,38 @@
+# Two commands for a newcomer: `make repro` (set up, then run the pipeline) and `make test`.
+# Everything is installed into the project: uv into .tools/ (no root, no pre-installed uv),
+# the locked environment into .venv/.
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+export MPLBACKEND := Agg
+
+.PHONY: setup repro test ui clean-venv
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+setup: $(VENV)/.synced
+
+repro: setup
+	dvc repro
+
+test: setup
+	pytest -q
+
+ui: setup
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui \
+		--backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns \
+		--host 127.0.0.1 --port $${MLFLOW_PORT:-5000} --workers 1
+
+clean-venv:
+	rm -rf $(VENV) $(TOOLS)

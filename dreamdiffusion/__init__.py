@@ -1,0 +1,1 @@
+"""DreamDiffusion, reproducibly: EEG -> images (arXiv 2306.16934)."""

@@ -1,0 +1,147 @@
+"""Typed configs: parse a params section (a plain dict) into a frozen dataclass, strictly.
+
+Every stage declares its section as a dataclass whose fields use `param(...)`. Parsing
+rejects unknown keys (naming the allowed ones), wrong types and out-of-range values
+(naming key and value), so a typo in params.yaml fails loudly instead of being ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params section does not match its typed config."""
+
+
+def param(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, help: str = ""):
+    """A config field with optional allowed `choices` and inclusive `min`/`max` bounds."""
+    meta = {"choices": choices, "min": min, "max": max, "help": help}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp, value, key: str):
+    """Check `value` against the annotation `tp`; return it (lists become tuples-safe lists)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: value {value!r} is not a {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(item_tp, item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return parse_config(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported annotation {tp!r}")
+
+
+def _check_range(field: dataclasses.Field, value, key: str) -> None:
+    """Apply the `choices`/`min`/`max` metadata of `field` to `value` (each item of a list)."""
+    items = value if isinstance(value, list) else [value]
+    meta = field.metadata
+    for item in items:
+        if item is None:
+            continue
+        if meta.get("choices") is not None and item not in meta["choices"]:
+            raise ConfigError(f"{key}: value {item!r} is not one of {list(meta['choices'])}")
+        if meta.get("min") is not None and item < meta["min"]:
+            raise ConfigError(f"{key}: value {item!r} is below the minimum {meta['min']}")
+        if meta.get("max") is not None and item > meta["max"]:
+            raise ConfigError(f"{key}: value {item!r} is above the maximum {meta['max']}")
+
+
+def parse_config(cls, values: dict | None, section: str):
+    """Build dataclass `cls` from `values`, the params found under `section`."""
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section}: expected a mapping of keys, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{section}: unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, field in fields.items():
+        key = f"{section}.{name}"
+        if name not in values:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: required key is missing")
+            continue
+        kwargs[name] = _coerce(hints[name], values[name], key)
+        _check_range(field, kwargs[name], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{section}: {err}") from None
+
+
+def to_dict(config) -> dict:
+    """Plain-dict view of a config (for logging and for checkpoints that carry their config)."""
+    return dataclasses.asdict(config)
+
+
+def load_params(path: str | Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """Read the sections named in `spec` from a params YAML file and type each one.
+
+    `spec` maps a top-level key to a dataclass (a section) or a plain type (a scalar such as
+    `seed`). Only those keys are returned: a stage cannot read what it did not declare.
+    """
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    out = {}
+    for key, tp in spec.items():
+        if dataclasses.is_dataclass(tp):
+            out[key] = parse_config(tp, document.get(key), key)
+        elif key not in document:
+            raise ConfigError(f"{path}: required top-level key {key!r} is missing")
+        else:
+            out[key] = _coerce(tp, document[key], key)
+    return out

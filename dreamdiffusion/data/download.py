@@ -1,0 +1,173 @@
+"""Fill a raw-data folder from one of three sources: synthetic, local files, or URLs.
+
+Every source ends the same way: the files are validated against the EEG-ImageNet schema
+(all problems reported together) and a manifest records what is there and where it came from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+from ..config import ConfigError, param
+from ..io import DataError, sha256_file
+from .raw import CAPTIONS_FILE, CORPUS_DIR, IMAGES_DIR, RawManifest
+from .synthetic import SyntheticConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadConfig:
+    """The `download` params section."""
+
+    source: str = param("synthetic", choices=["synthetic", "local", "url"])
+    eeg_file: str | None = param(None)
+    splits_file: str | None = param(None)
+    images_dir: str | None = param(None)
+    captions_file: str | None = param(None)
+    corpus_dir: str | None = param(None)
+    splits_index: str = param("all", choices=["all", "single"])
+    eeg_url: str | None = param(None)
+    eeg_sha256: str | None = param(None)
+    splits_url: str | None = param(None)
+    splits_sha256: str | None = param(None)
+    images_url: str | None = param(None)
+    images_sha256: str | None = param(None)
+    moabb_datasets: list[str] = param([], help="MOABB dataset class names for the corpus")
+    moabb_subjects: list[int] = param([], min=1, help="[] = every subject of each dataset")
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+
+    def __post_init__(self):
+        needed = {"local": ("eeg_file", "splits_file", "images_dir"),
+                  "url": ("eeg_url", "eeg_sha256", "splits_url", "splits_sha256",
+                          "images_url", "images_sha256")}.get(self.source, ())
+        missing = [key for key in needed if getattr(self, key) is None]
+        if missing:
+            raise ConfigError(f"source {self.source!r} needs {', '.join(missing)} to be set")
+
+
+def link_file(source: Path, dest: Path) -> None:
+    """Symlink `dest` -> absolute `source` (the user's copy stays where it is)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(source.resolve(), dest)
+
+
+def link_tree(source: Path, dest: Path, pattern: str) -> int:
+    """Link every file matching `pattern` under `source` into the same place under `dest`."""
+    files = sorted(p for p in source.rglob(pattern) if p.is_file())
+    for path in files:
+        link_file(path, dest / path.relative_to(source))
+    return len(files)
+
+
+def existing(path_text: str, key: str, base: Path) -> Path:
+    """A user-supplied path (relative to `base`) that must exist."""
+    path = Path(path_text) if Path(path_text).is_absolute() else base / path_text
+    if not path.exists():
+        raise DataError(f"download.{key}: {path} does not exist")
+    return path
+
+
+def from_local(config: DownloadConfig, out_dir: Path, base: Path) -> RawManifest:
+    """Validate the user's real files, then link them into `out_dir`."""
+    from .eeg_imagenet import check_eeg_imagenet
+
+    eeg = existing(config.eeg_file, "eeg_file", base)
+    splits = existing(config.splits_file, "splits_file", base)
+    images = existing(config.images_dir, "images_dir", base)
+    check_eeg_imagenet(eeg, splits, images, config.splits_index)
+    link_file(eeg, out_dir / eeg.name)
+    link_file(splits, out_dir / splits.name)
+    link_tree(images, out_dir / IMAGES_DIR, "*.JPEG")
+    manifest = RawManifest("local", eeg.name, splits.name, IMAGES_DIR)
+    manifest.files = {eeg.name: {"origin": str(eeg.resolve())}, splits.name: {"origin": str(splits.resolve())},
+                      IMAGES_DIR: {"origin": str(images.resolve())}}
+    if config.captions_file:
+        captions = existing(config.captions_file, "captions_file", base)
+        shutil.copyfile(captions, out_dir / CAPTIONS_FILE)
+        manifest.captions_file = CAPTIONS_FILE
+    if config.corpus_dir:
+        corpus = existing(config.corpus_dir, "corpus_dir", base)
+        if link_tree(corpus, out_dir / CORPUS_DIR / "local", "*.fif") == 0:
+            raise DataError(f"download.corpus_dir: {corpus} holds no .fif recordings")
+        manifest.corpus_dir = CORPUS_DIR
+    return manifest
+
+
+def extract_images(archive: Path, dest: Path) -> None:
+    """Unpack a .tar(.gz) or .zip of `<class_id>/<image>.JPEG` (a top folder is allowed)."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as handle:
+            handle.extractall(dest)  # zipfile refuses absolute paths and '..'
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as handle:
+            handle.extractall(dest, filter="data")
+    else:
+        raise DataError(f"{archive}: images archive is neither a tar nor a zip file")
+    tops = [p for p in dest.iterdir()]
+    if len(tops) == 1 and tops[0].is_dir() and not any(tops[0].glob("*.JPEG")):
+        for child in tops[0].iterdir():  # strip a single wrapping folder
+            child.rename(dest / child.name)
+        tops[0].rmdir()
+
+
+def from_url(config: DownloadConfig, out_dir: Path) -> RawManifest:
+    """Fetch each file (sha256-checked), unpack the images, validate."""
+    from .eeg_imagenet import check_eeg_imagenet
+    from .fetch import fetch_file
+
+    name_of = lambda url: Path(url.split("?")[0]).name  # noqa: E731
+    eeg = fetch_file(config.eeg_url, config.eeg_sha256, out_dir / name_of(config.eeg_url))
+    splits = fetch_file(config.splits_url, config.splits_sha256, out_dir / name_of(config.splits_url))
+    archive = fetch_file(config.images_url, config.images_sha256, out_dir.parent / f".{out_dir.name}.images")
+    try:
+        extract_images(archive, out_dir / IMAGES_DIR)
+    finally:
+        archive.unlink()
+    check_eeg_imagenet(eeg, splits, out_dir / IMAGES_DIR, config.splits_index)
+    manifest = RawManifest("url", eeg.name, splits.name, IMAGES_DIR)
+    manifest.files = {eeg.name: {"origin": config.eeg_url, "sha256": config.eeg_sha256},
+                      splits.name: {"origin": config.splits_url, "sha256": config.splits_sha256},
+                      IMAGES_DIR: {"origin": config.images_url, "sha256": config.images_sha256}}
+    return manifest
+
+
+def from_synthetic(config: DownloadConfig, seed: int, out_dir: Path) -> RawManifest:
+    """Generate the synthetic world, then validate it like any real set."""
+    from .eeg_imagenet import check_eeg_imagenet
+    from .synthetic import generate_world
+
+    manifest = generate_world(config.synthetic, seed, out_dir)
+    check_eeg_imagenet(out_dir / manifest.eeg_file, out_dir / manifest.splits_file,
+                       out_dir / manifest.images_dir, "all")
+    return manifest
+
+
+def add_moabb(config: DownloadConfig, out_dir: Path, manifest: RawManifest) -> None:
+    """Export the requested MOABB datasets as FIF recordings under corpus/moabb-<name>/."""
+    from .moabb_source import export_moabb
+
+    for name in config.moabb_datasets:
+        export_moabb(name, config.moabb_subjects or None, out_dir / CORPUS_DIR / f"moabb-{name}")
+        manifest.corpus_dir = CORPUS_DIR
+
+
+def run_download(config: DownloadConfig, seed: int, out_dir: Path, base: Path) -> RawManifest:
+    """Fill the empty folder `out_dir`; user paths are relative to `base`. Returns the manifest."""
+    if config.source == "synthetic":
+        manifest = from_synthetic(config, seed, out_dir)
+    elif config.source == "local":
+        manifest = from_local(config, out_dir, base)
+    else:
+        manifest = from_url(config, out_dir)
+    add_moabb(config, out_dir, manifest)
+    for name in (manifest.eeg_file, manifest.splits_file):
+        manifest.files.setdefault(name, {"origin": config.source})
+    for name, entry in manifest.files.items():
+        path = out_dir / name
+        if path.is_file() and "sha256" not in entry:
+            entry["sha256"] = sha256_file(path)
+    manifest.write(out_dir)
+    return manifest

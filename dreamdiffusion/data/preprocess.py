@@ -1,0 +1,286 @@
+"""Paired EEG-image preprocessing: trial selection, signal processing, image resizing.
+
+Follows the official loader by default (keep 450 <= T <= 600, crop 20:460, linear interpolation
+to 512 samples, no normalisation) and exposes every choice as a param.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from .. import signal
+from ..config import ConfigError, param
+from ..io import DataError
+from .processed import SPLIT_CODES, UNUSED
+from .raw import image_path
+
+CHANNELS = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """The `preprocess` params section."""
+
+    subjects: list[int] = param([], min=1, help="[] = all subjects; the paper uses [4]")
+    split: int = param(0, min=0, help="which split of the split file")
+    splits_index: str = param("all", choices=["all", "single"])
+    min_length: int = param(450, min=1)
+    max_length: int = param(600, min=1)
+    crop_start: int = param(20, min=0)
+    crop_end: int = param(460, min=1)
+    samples: int = param(512, min=8)
+    resample: str = param("linear", choices=["linear", "fourier"])
+    sample_rate: float = param(1000.0, min=1.0)
+    bandpass: list[float] = param([], min=0.0)
+    notch: list[float] = param([], min=0.0)
+    normalize: str = param("none", choices=["none", "channel"])
+    image_size: int = param(32, min=8, max=1024)
+    pretrain_sources: list[str] = param(["synthetic"])
+    corpus_sample_rate: float = param(1000.0, min=1.0)
+    corpus_bandpass: list[float] = param([5.0, 95.0], min=0.0)
+    corpus_channels: str = param("tile", choices=["tile", "zero", "none"])
+    corpus_scale: str = param("zscore", choices=["none", "zscore", "divide"])
+    corpus_divisor: float = param(10.0, min=1e-12)
+    corpus_stride: int = param(512, min=1)
+    corpus_max_windows: int = param(200, min=0)
+    figure_trials: int = param(3, min=0, max=20)
+
+    def __post_init__(self):
+        if self.min_length > self.max_length:
+            raise ConfigError(f"min_length {self.min_length} > max_length {self.max_length}")
+        if self.crop_start >= self.crop_end:
+            raise ConfigError(f"crop_start {self.crop_start} must be < crop_end {self.crop_end}")
+        if self.crop_end > self.min_length:
+            raise ConfigError(f"crop_end {self.crop_end} exceeds min_length {self.min_length}: "
+                              "kept trials would be too short to crop")
+        for key in ("bandpass", "corpus_bandpass"):
+            band = getattr(self, key)
+            if band and (len(band) != 2 or band[0] >= band[1]):
+                raise ConfigError(f"{key}: expected [] or [low, high] with low < high, got {band}")
+        if self.splits_index == "single" and len(self.subjects) != 1:
+            raise ConfigError(f"splits_index 'single' needs exactly one subject in subjects, "
+                              f"got {self.subjects}")
+
+
+# ----------------------------------------------------------------------------- trial selection
+
+def split_trials(dataset: list[dict], splits: list[dict], config: PreprocessConfig,
+                 source: str = "splits file") -> dict[int, str]:
+    """Map trial index (into `dataset`) -> split name, resolving `_single` indexing."""
+    if config.split >= len(splits):
+        raise DataError(f"{source}: split {config.split} requested but the file has "
+                        f"{len(splits)} split(s) (preprocess.split)")
+    if config.splits_index == "single":
+        (subject,) = config.subjects
+        index_map = [i for i, trial in enumerate(dataset) if trial["subject"] == subject]
+        meaning = f"the {len(index_map)} trials of subject {subject}"
+    else:
+        index_map, meaning = list(range(len(dataset))), f"the {len(dataset)} trials"
+    assignment = {}
+    for part in ("train", "val", "test"):
+        indices = splits[config.split][part]
+        bad = [i for i in indices if not 0 <= i < len(index_map)]
+        if bad:
+            raise DataError(
+                f"{source}: split {config.split} '{part}' has indices {bad[:5]} outside {meaning} "
+                f"(preprocess.splits_index={config.splits_index!r}; the _all files index every "
+                f"trial, the _single files the trials of one subject)")
+        for i in indices:
+            assignment[index_map[i]] = part
+    return assignment
+
+
+def select_trials(dataset: list[dict], assignment: dict[int, str], config: PreprocessConfig):
+    """Trials to keep (sorted indices) and the reason each other trial was dropped."""
+    kept, dropped = [], collections.Counter()
+    for index, trial in enumerate(dataset):
+        length = trial["eeg"].shape[-1]
+        if config.subjects and trial["subject"] not in config.subjects:
+            dropped["subject_not_selected"] += 1
+        elif index not in assignment:
+            dropped["not_in_split"] += 1
+        elif length < config.min_length:
+            dropped["too_short"] += 1
+        elif length > config.max_length:
+            dropped["too_long"] += 1
+        else:
+            kept.append(index)
+    return kept, dict(dropped)
+
+
+# ----------------------------------------------------------------------------- signal processing
+
+def process_trial(eeg: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """One trial (128, T) -> (128, samples) float32: filter, crop, resample, normalise."""
+    eeg = np.asarray(eeg, dtype=np.float64)
+    if config.bandpass:
+        eeg = signal.bandpass(eeg, config.sample_rate, *config.bandpass)
+    if config.notch:
+        eeg = signal.notch(eeg, config.sample_rate, config.notch)
+    eeg = signal.crop(eeg, config.crop_start, config.crop_end)
+    eeg = signal.resample(eeg, config.samples, config.resample)
+    if config.normalize == "channel":
+        eeg = signal.zscore_channels(eeg)
+    return eeg.astype(np.float32)
+
+
+def process_trials(dataset: list[dict], kept: list[int], config: PreprocessConfig) -> np.ndarray:
+    """Stack the processed kept trials: (N, 128, samples) float32."""
+    out = np.empty((len(kept), CHANNELS, config.samples), np.float32)
+    for row, index in enumerate(tqdm(kept, desc="preprocess EEG", unit="trial", mininterval=1.0)):
+        out[row] = process_trial(dataset[index]["eeg"].numpy(), config)
+    return out
+
+
+# ----------------------------------------------------------------------------- images
+
+def image_splits(dataset: list[dict], assignment: dict[int, str], n_images: int) -> np.ndarray:
+    """Split code of each stimulus image from its trials' parts (UNUSED when in none)."""
+    codes = np.full(n_images, UNUSED, np.int8)
+    for index, part in assignment.items():
+        codes[dataset[index]["image"]] = SPLIT_CODES[part]
+    return codes
+
+
+def load_image(path: Path, size: int) -> np.ndarray:
+    """An RGB image centre-cropped to a square and resized to (size, size, 3) uint8."""
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot decode image ({err})") from None
+    return np.asarray(img, dtype=np.uint8)
+
+
+def extra_images(images_dir: Path, class_ids: list[str], known: set[str]) -> list[tuple[str, int]]:
+    """Images in the class folders that the EEG file never lists: (name, label), sorted."""
+    extras = []
+    for label, class_id in enumerate(class_ids):
+        for path in sorted((images_dir / class_id).glob("*.JPEG")):
+            if path.stem not in known:
+                extras.append((path.stem, label))
+    return extras
+
+
+def build_image_set(payload: dict, assignment: dict[int, str], images_dir: Path, size: int):
+    """All stimulus images (in the EEG file's order) then any extra images, resized."""
+    dataset, class_ids, names = payload["dataset"], payload["labels"], payload["images"]
+    labels = np.full(len(names), -1, np.int64)
+    for trial in dataset:
+        labels[trial["image"]] = trial["label"]
+    split = image_splits(dataset, assignment, len(names))
+    extras = extra_images(images_dir, class_ids, set(names))
+    all_names = list(names) + [name for name, _ in extras]
+    all_labels = np.concatenate([labels, np.array([lab for _, lab in extras], np.int64)])
+    all_split = np.concatenate([split, np.full(len(extras), SPLIT_CODES["extra"], np.int8)])
+    pixels = np.empty((len(all_names), size, size, 3), np.uint8)
+    for row, (name, label) in enumerate(tqdm(list(zip(all_names, all_labels)), desc="images",
+                                            unit="img", mininterval=1.0)):
+        if label < 0:  # listed in `images` but shown in no trial: nothing tells its class
+            raise DataError(f"image {name!r} (index {row}) is listed but no trial shows it")
+        pixels[row] = load_image(image_path(images_dir, class_ids[label], name), size)
+    return dict(images=pixels, image_names=all_names, labels=all_labels, split=all_split,
+                class_names=list(class_ids))
+
+
+def counts(values: np.ndarray, names: dict | None = None) -> dict[str, int]:
+    """{value (or its name): count}, for the preprocessing report."""
+    found = collections.Counter(values.tolist())
+    return {str(names.get(k, k) if names else k): int(v) for k, v in sorted(found.items())}
+
+
+# ----------------------------------------------------------------------------- entry point
+
+@dataclasses.dataclass
+class Preprocessed:
+    """Everything `preprocess` writes: three array sets, the report and a few example trials."""
+
+    images: dict
+    eeg: dict
+    corpus: dict
+    report: dict
+    examples: list[tuple[int, np.ndarray, np.ndarray]]  # (trial, raw (128, T), processed (128, S))
+
+
+def corpus_settings(config: PreprocessConfig) -> "CorpusSettings":
+    """The corpus part of the config."""
+    from .corpus import CorpusSettings
+
+    return CorpusSettings(
+        channels=CHANNELS, samples=config.samples, sample_rate=config.corpus_sample_rate,
+        bandpass=tuple(config.corpus_bandpass), channel_mode=config.corpus_channels,
+        scale=config.corpus_scale, divisor=config.corpus_divisor, stride=config.corpus_stride,
+        max_windows=config.corpus_max_windows,
+    )
+
+
+def paired_arrays(payload: dict, kept: list[int], assignment: dict[int, str],
+                  config: PreprocessConfig) -> dict:
+    """The eeg.h5 arrays for the kept trials."""
+    dataset = payload["dataset"]
+    field_of = lambda key: np.array([dataset[i][key] for i in kept], np.int64)  # noqa: E731
+    return dict(
+        eeg=process_trials(dataset, kept, config), label=field_of("label"),
+        image_index=field_of("image"), subject=field_of("subject"),
+        trial=np.array(kept, np.int64),
+        split=np.array([SPLIT_CODES[assignment[i]] for i in kept], np.int8),
+        class_names=list(payload["labels"]),
+    )
+
+
+def check_split_images(eeg: dict) -> None:
+    """No image may appear in two parts of the split (the 'by image' guarantee)."""
+    parts: dict[int, set] = collections.defaultdict(set)
+    for image, code in zip(eeg["image_index"].tolist(), eeg["split"].tolist()):
+        parts[image].add(code)
+    shared = [image for image, codes in parts.items() if len(codes) > 1]
+    if shared:
+        raise DataError(f"images {shared[:5]} appear in more than one part of the split "
+                        f"({len(shared)} in all): the split is not by image")
+
+
+def report(payload: dict, eeg: dict, images: dict, corpus: dict, dropped: dict) -> dict:
+    """Counts per split, class and subject; dropped trials with reasons; corpus sizes."""
+    split_names = {v: k for k, v in SPLIT_CODES.items()} | {UNUSED: "unused"}
+    by_split = {name: counts(eeg["label"][eeg["split"] == code], dict(enumerate(payload["labels"])))
+                for name, code in SPLIT_CODES.items() if name != "extra"}
+    return {
+        "trials_in_file": len(payload["dataset"]), "trials_kept": int(len(eeg["label"])),
+        "dropped": dropped, "trials_per_split": counts(eeg["split"], split_names),
+        "trials_per_subject": counts(eeg["subject"]), "trials_per_class_per_split": by_split,
+        "images_per_split": counts(images["split"], split_names),
+        "corpus_windows": int(len(corpus["eeg"])), "corpus_recordings": len(corpus["recordings"]),
+        "corpus_windows_per_source": counts(np.array(corpus["sources"])[corpus["recording"]])
+        if len(corpus["recording"]) else {},
+    }
+
+
+def run_preprocess(raw_dir: Path, config: PreprocessConfig) -> Preprocessed:
+    """Read a raw-data folder (see raw.py) and produce the processed arrays and report."""
+    from .corpus import build_corpus
+    from .eeg_imagenet import load_eeg_file, load_splits_file
+    from .raw import RawManifest, read_captions
+
+    manifest = RawManifest.read(raw_dir)
+    payload = load_eeg_file(raw_dir / manifest.eeg_file)
+    splits = load_splits_file(raw_dir / manifest.splits_file)
+    assignment = split_trials(payload["dataset"], splits, config, manifest.splits_file)
+    kept, dropped = select_trials(payload["dataset"], assignment, config)
+    if not kept:
+        raise DataError(f"no trial survives selection (dropped: {dropped}); check preprocess.subjects "
+                        "and the length bounds")
+    eeg = paired_arrays(payload, kept, assignment, config)
+    check_split_images(eeg)
+    images = build_image_set(payload, assignment, raw_dir / manifest.images_dir, config.image_size)
+    images["captions"] = read_captions(
+        raw_dir / manifest.captions_file if manifest.captions_file else None, images["class_names"])
+    corpus_root = raw_dir / manifest.corpus_dir if manifest.corpus_dir else None
+    corpus = build_corpus(corpus_root, config.pretrain_sources, eeg, corpus_settings(config))
+    examples = [(kept[r], payload["dataset"][kept[r]]["eeg"].numpy(), eeg["eeg"][r])
+                for r in np.linspace(0, len(kept) - 1, min(config.figure_trials, len(kept))).astype(int)]
+    return Preprocessed(images, eeg, corpus, report(payload, eeg, images, corpus, dropped), examples)

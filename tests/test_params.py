@@ -1,0 +1,51 @@
+"""dvc.yaml declares, per stage, exactly the params the stage reads; params.yaml parses."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dreamdiffusion.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def stage_module(name):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(DVC))
+def test_declared_params_are_exactly_what_the_stage_reads(name):
+    declared = DVC[name].get("params", [])
+    assert all(isinstance(p, str) for p in declared), "declare whole sections/keys of params.yaml"
+    assert sorted(declared) == sorted(stage_module(name).PARAMS)
+
+
+@pytest.mark.parametrize("name", sorted(DVC))
+def test_stage_runs_its_script_and_depends_on_it(name):
+    stage = DVC[name]
+    assert stage["cmd"] == f"python stages/{name}.py"
+    assert f"stages/{name}.py" in stage["deps"]
+    for dep in stage["deps"]:
+        assert (ROOT / dep).exists() or dep.startswith(("data/", "models/")), f"{name}: missing dep {dep}"
+
+
+@pytest.mark.parametrize("name", sorted(DVC))
+def test_params_yaml_parses_into_each_stage_config(name):
+    load_params(ROOT / "params.yaml", stage_module(name).PARAMS)
+
+
+def test_params_yaml_has_no_orphan_sections():
+    document = yaml.safe_load((ROOT / "params.yaml").read_text())
+    read = {key for name in DVC for key in stage_module(name).PARAMS}
+    assert set(document) == read
+
+
+def test_lists_are_block_style():
+    for line in (ROOT / "params.yaml").read_text().splitlines():
+        value = line.split("#")[0].split(":", 1)[-1].strip()
+        assert not (value.startswith("[") and value != "[]"), f"flow-style list: {line!r}"

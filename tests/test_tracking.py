@@ -1,0 +1,81 @@
+"""MLflow tracking: one run per stage with tags, params, metrics; concurrent writers both succeed."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dreamdiffusion.tracking import TrackingConfig, flatten, stage_run, tracking_uri
+
+WRITER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from dreamdiffusion.tracking import TrackingConfig, stage_run
+    root, stage = Path(sys.argv[1]), sys.argv[2]
+    with stage_run(stage, TrackingConfig(experiment="concurrent"), {"who": stage}, root) as run:
+        for step in range(40):
+            run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+""")
+
+
+def runs(root, experiment):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(root))
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_stage_run_records_tags_params_metrics_artifacts(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-abc")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "deadbeef")
+    figure = tmp_path / "figure.png"
+    figure.write_bytes(b"\x89PNG fake")
+    with stage_run("preprocess", TrackingConfig(experiment="t"), {"preprocess": {"crop": 20}}, tmp_path) as run:
+        run.log_metrics({"kept": 10, "nested": {"acc": 0.5}, "name": "skipped"}, step=1)
+        run.log_artifact(figure)
+    client, found = runs(tmp_path, "t")
+    (run,) = found
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["stage"] == "preprocess"
+    assert run.data.tags["dvc_exp_name"] == "exp-abc"
+    assert run.data.tags["dvc_exp_baseline"] == "deadbeef"
+    assert "git_commit" in run.data.tags
+    assert run.data.params == {"preprocess.crop": "20"}
+    assert run.data.metrics == {"kept": 10.0, "nested.acc": 0.5}
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert artifacts == ["figure.png"]
+    assert (tmp_path / "mlruns").is_dir() and (tmp_path / "mlflow.db").is_file()
+
+
+def test_failed_stage_marks_run_failed(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(RuntimeError):
+        with stage_run("x", TrackingConfig(experiment="f"), {}, tmp_path):
+            raise RuntimeError("boom")
+    _, (run,) = runs(tmp_path, "f")
+    assert run.info.status == "FAILED"
+
+
+def test_disabled_tracking_writes_nothing(tmp_path):
+    with stage_run("x", TrackingConfig(enabled=False), {}, tmp_path) as run:
+        run.log_metrics({"a": 1})
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_two_processes_logging_at_once_both_succeed(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), name],
+                              stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    client, found = runs(tmp_path, "concurrent")
+    assert sorted(r.data.tags["stage"] for r in found) == ["a", "b"]
+    for run in found:
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == 40
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
