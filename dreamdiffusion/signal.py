@@ -59,11 +59,11 @@ def notch(eeg: np.ndarray, sfreq: float, freqs: list[float]) -> np.ndarray:
     )
 
 
-def zscore_channels(eeg: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    """Each channel to zero mean and unit variance over time."""
+def zscore_channels(eeg: np.ndarray) -> np.ndarray:
+    """Each channel to zero mean and unit variance over time (a flat channel stays at zero)."""
     mean = eeg.mean(axis=-1, keepdims=True)
     std = eeg.std(axis=-1, keepdims=True)
-    return (eeg - mean) / (std + eps)
+    return (eeg - mean) / np.where(std > 0, std, 1.0)
 
 
 def map_channels(eeg: np.ndarray, channels: int, mode: str) -> np.ndarray:

@@ -147,6 +147,8 @@ def from_synthetic(config: DownloadConfig, seed: int, out_dir: Path) -> RawManif
 
 def add_moabb(config: DownloadConfig, out_dir: Path, manifest: RawManifest) -> None:
     """Export the requested MOABB datasets as FIF recordings under corpus/moabb-<name>/."""
+    if not config.moabb_datasets:
+        return
     from .moabb_source import export_moabb
 
     for name in config.moabb_datasets:

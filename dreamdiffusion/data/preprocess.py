@@ -47,7 +47,7 @@ class PreprocessConfig:
     corpus_scale: str = param("zscore", choices=["none", "zscore", "divide"])
     corpus_divisor: float = param(10.0, min=1e-12)
     corpus_stride: int = param(512, min=1)
-    corpus_max_windows: int = param(200, min=0)
+    corpus_max_windows: int = param(40, min=0)
     figure_trials: int = param(3, min=0, max=20)
 
     def __post_init__(self):
@@ -55,9 +55,8 @@ class PreprocessConfig:
             raise ConfigError(f"min_length {self.min_length} > max_length {self.max_length}")
         if self.crop_start >= self.crop_end:
             raise ConfigError(f"crop_start {self.crop_start} must be < crop_end {self.crop_end}")
-        if self.crop_end > self.min_length:
-            raise ConfigError(f"crop_end {self.crop_end} exceeds min_length {self.min_length}: "
-                              "kept trials would be too short to crop")
+        if self.crop_start >= self.min_length:
+            raise ConfigError(f"crop_start {self.crop_start} must be < min_length {self.min_length}")
         for key in ("bandpass", "corpus_bandpass"):
             band = getattr(self, key)
             if band and (len(band) != 2 or band[0] >= band[1]):
@@ -122,7 +121,8 @@ def process_trial(eeg: np.ndarray, config: PreprocessConfig) -> np.ndarray:
         eeg = signal.bandpass(eeg, config.sample_rate, *config.bandpass)
     if config.notch:
         eeg = signal.notch(eeg, config.sample_rate, config.notch)
-    eeg = signal.crop(eeg, config.crop_start, config.crop_end)
+    # like the official loader, a trial shorter than crop_end is cropped to its end
+    eeg = signal.crop(eeg, config.crop_start, min(config.crop_end, eeg.shape[-1]))
     eeg = signal.resample(eeg, config.samples, config.resample)
     if config.normalize == "channel":
         eeg = signal.zscore_channels(eeg)
@@ -244,13 +244,15 @@ def check_split_images(eeg: dict) -> None:
                         f"({len(shared)} in all): the split is not by image")
 
 
-def report(payload: dict, eeg: dict, images: dict, corpus: dict, dropped: dict) -> dict:
+def report(payload: dict, eeg: dict, images: dict, corpus: dict, dropped: dict, crop_end: int) -> dict:
     """Counts per split, class and subject; dropped trials with reasons; corpus sizes."""
     split_names = {v: k for k, v in SPLIT_CODES.items()} | {UNUSED: "unused"}
     by_split = {name: counts(eeg["label"][eeg["split"] == code], dict(enumerate(payload["labels"])))
                 for name, code in SPLIT_CODES.items() if name != "extra"}
     return {
         "trials_in_file": len(payload["dataset"]), "trials_kept": int(len(eeg["label"])),
+        "trials_shorter_than_crop": int(sum(payload["dataset"][t]["eeg"].shape[-1] < crop_end
+                                            for t in eeg["trial"])),
         "dropped": dropped, "trials_per_split": counts(eeg["split"], split_names),
         "trials_per_subject": counts(eeg["subject"]), "trials_per_class_per_split": by_split,
         "images_per_split": counts(images["split"], split_names),
@@ -283,4 +285,4 @@ def run_preprocess(raw_dir: Path, config: PreprocessConfig) -> Preprocessed:
     corpus = build_corpus(corpus_root, config.pretrain_sources, eeg, corpus_settings(config))
     examples = [(kept[r], payload["dataset"][kept[r]]["eeg"].numpy(), eeg["eeg"][r])
                 for r in np.linspace(0, len(kept) - 1, min(config.figure_trials, len(kept))).astype(int)]
-    return Preprocessed(images, eeg, corpus, report(payload, eeg, images, corpus, dropped), examples)
+    return Preprocessed(images, eeg, corpus, report(payload, eeg, images, corpus, dropped, config.crop_end), examples)
