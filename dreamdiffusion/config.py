@@ -53,6 +53,10 @@ def _coerce(tp, value, key: str):
         return [_coerce(item_tp, item, f"{key}[{i}]") for i, item in enumerate(value)]
     if tp is Any:
         return value
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")

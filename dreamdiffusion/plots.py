@@ -37,3 +37,46 @@ def raw_vs_processed(examples, sample_rate: float, crop: tuple[int, int], path: 
     axes[0, 0].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def save_image_grid(images, path: str | Path, nrow: int) -> Path:
+    """Float images (N, 3, H, W) in [0, 1] as one PNG grid, `nrow` images per row."""
+    import torch
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    grid = make_grid(torch.as_tensor(images).float().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
+    pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+    return Path(path)
+
+
+def write_history_csv(history: list[dict], path: str | Path, keys: list[str]) -> Path:
+    """Per-epoch records as a CSV (a DVC plot source); missing values left empty."""
+    lines = [",".join(["epoch", *keys])]
+    for record in history:
+        lines.append(",".join([str(record["epoch"]), *("" if record.get(k) is None else f"{record[k]:.6g}" for k in keys)]))
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return Path(path)
+
+
+def confusion_matrix_png(true: np.ndarray, predicted: np.ndarray, names: list[str], path: str | Path,
+                         title: str) -> Path:
+    """Row-normalised confusion matrix of class indices (rows: true, columns: predicted)."""
+    classes = np.unique(np.concatenate([true, predicted]))
+    index = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)))
+    for t, p in zip(true, predicted):
+        counts[index[t], index[p]] += 1
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    labels = [names[c] if c < len(names) else str(c) for c in classes]
+    fig, ax = plt.subplots(figsize=(1 + 0.45 * len(classes), 0.8 + 0.45 * len(classes)))
+    ax.imshow(rates, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(classes)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), labels, fontsize=7)
+    ax.set_xlabel("judge's class of the generated image")
+    ax.set_ylabel("judge's class of the ground truth")
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)

@@ -112,12 +112,15 @@ class PairedEEG:
         return np.flatnonzero(self.split == split_code(split))
 
 
-def load_paired_eeg(path: str | Path) -> PairedEEG:
-    """Read eeg.h5."""
+def load_paired_eeg(path: str | Path, splits: tuple[str, ...] | None = None) -> PairedEEG:
+    """Read eeg.h5; with `splits`, only the rows of those splits are read from disk at all
+    (so a stage that must not see the test split never loads it)."""
     with h5py.File(path, "r") as h5:
+        split = h5["split"][()].astype(np.int8)
+        rows = slice(None) if splits is None else np.flatnonzero(np.isin(split, [split_code(s) for s in splits]))
         return PairedEEG(
-            eeg=h5["eeg"][()], label=h5["label"][()], image_index=h5["image_index"][()],
-            subject=h5["subject"][()], trial=h5["trial"][()], split=h5["split"][()].astype(np.int8),
+            eeg=h5["eeg"][rows], label=h5["label"][rows], image_index=h5["image_index"][rows],
+            subject=h5["subject"][rows], trial=h5["trial"][rows], split=split[rows],
             class_names=_strings(h5["class_names"]),
         )
 

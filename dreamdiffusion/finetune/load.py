@@ -1,0 +1,95 @@
+"""Save the fine-tuned model; load it for generation with one call.
+
+    <dir>/conditioner/config.json + model.safetensors   the EEG conditioning module
+    <dir>/unet/                                       the trained UNet (diffusers folder), when
+                                                      `train_unet` is not `none`
+    <dir>/finetune.json                               what was trained, the kept epoch
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import ConfigError, parse_config, to_dict
+from ..io import DataError, atomic_path
+from .model import ConditionerConfig, EEGConditioner
+
+
+def save_finetuned(out_dir: str | Path, conditioner: EEGConditioner, unet, info: dict) -> None:
+    """Write the conditioner (and the UNet when it was trained) atomically."""
+    with atomic_path(out_dir) as tmp:
+        (tmp / "conditioner").mkdir(parents=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in conditioner.state_dict().items()}
+        save_file(state, str(tmp / "conditioner" / "model.safetensors"))
+        (tmp / "conditioner" / "config.json").write_text(json.dumps(to_dict(conditioner.config), indent=2) + "\n")
+        if info.get("train_unet", "none") != "none":
+            unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        (tmp / "finetune.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def load_conditioner(folder: str | Path, device="cpu") -> EEGConditioner:
+    """The conditioning module saved by `save_finetuned` (eval mode)."""
+    folder = Path(folder)
+    try:
+        cfg = parse_config(ConditionerConfig, json.loads((folder / "config.json").read_text()), str(folder / "config.json"))
+        state = load_file(str(folder / "model.safetensors"))
+    except FileNotFoundError as err:
+        raise DataError(f"{folder}: missing {Path(err.filename).name}; run the `finetune` stage") from None
+    except (json.JSONDecodeError, ConfigError) as err:
+        raise DataError(f"{folder / 'config.json'}: not a conditioner config ({err})") from None
+    conditioner = EEGConditioner(cfg)
+    try:
+        conditioner.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise DataError(f"{folder / 'model.safetensors'}: does not match its config ({str(err).splitlines()[0]})") from None
+    return conditioner.to(device).eval()
+
+
+@dataclass
+class EEGImageGenerator:
+    """Everything generation needs: conditioner, UNet, VAE, the noise schedule, the foundation."""
+
+    conditioner: EEGConditioner
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler_config: dict
+    foundation: object
+    info: dict
+
+    @torch.no_grad()
+    def images(self, eeg: torch.Tensor, seeds: list[int], scheduler: str = "ddim", steps: int = 25,
+               guidance: float = 3.0) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] from EEG (B, 128, 512), one seed per image."""
+        from .sample import generate, make_scheduler
+
+        return generate(self.conditioner, self.unet, self.vae, make_scheduler(scheduler, self.scheduler_config),
+                        eeg, seeds, steps, guidance)
+
+    @torch.no_grad()
+    def clip_embeds(self, eeg: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        """The conditioner's CLIP-space embedding of each EEG trial (B, E), unit norm."""
+        device = next(self.unet.parameters()).device
+        out = [self.conditioner(eeg[i : i + batch].to(device))[2].float() for i in range(0, len(eeg), batch)]
+        return torch.nn.functional.normalize(torch.cat(out), dim=-1).cpu()
+
+
+def load_generator(finetune_dir: str | Path, foundation_dir: str | Path, device="cpu") -> EEGImageGenerator:
+    """One call: the fine-tuned model on top of the foundation models it was trained with."""
+    from diffusers import UNet2DConditionModel
+
+    from ..foundation.load import load_foundation
+
+    finetune_dir = Path(finetune_dir)
+    if not (finetune_dir / "finetune.json").is_file():
+        raise DataError(f"{finetune_dir / 'finetune.json'}: missing; run the `finetune` stage")
+    info = json.loads((finetune_dir / "finetune.json").read_text())
+    foundation = load_foundation(foundation_dir, device)
+    unet = foundation.unet
+    if (finetune_dir / "unet").is_dir():
+        unet = UNet2DConditionModel.from_pretrained(finetune_dir / "unet").to(device).eval()
+    conditioner = load_conditioner(finetune_dir / "conditioner", device)
+    return EEGImageGenerator(conditioner, unet, foundation.vae, dict(foundation.scheduler.config), foundation, info)

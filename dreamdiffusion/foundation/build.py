@@ -1,0 +1,142 @@
+"""Build `models/foundation/` (demo: train every part; pretrained: snapshot the real ones) and measure it."""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.processed import ImageSet
+from ..io import DataError, atomic_path, sha256_file
+from .clip_mini import DEMO_MODEL_NAME, save_clip, text_token_states, train_clip
+from .config import FoundationConfig
+from .evaluate import evaluate
+from .fidelity import JUDGE_EXTRACTOR
+from .judge import save_judge, to_float_images, train_judge
+from .load import MANIFEST, load_foundation, save_conditioning
+from .text_to_image import make_pipeline, save_pipeline, sd_scheduler, train_unet
+from .vae import encode_moments, train_vae
+
+
+class Timer:
+    """Seconds per named part: `with timer('vae'): ...`, printed as each part ends."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, part: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[part] = round(time.perf_counter() - start, 2)
+        print(f"[foundation] {part}: {self.seconds[part]:.1f} s", flush=True)
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("foundation.device: 'cuda' requested but no CUDA device is available")
+    return name
+
+
+def write_manifest(out_dir: Path, source: str, components: dict, fidelity: dict) -> dict:
+    """manifest.json: sources and revisions per component, sha256 of every file, the FID extractor."""
+    files = {str(p.relative_to(out_dir)): sha256_file(p) for p in sorted(out_dir.rglob("*"))
+             if p.is_file() and p.name != MANIFEST}
+    manifest = {"source": source, "components": components, "fidelity": fidelity, "files": files}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _train_split(images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    """Rows the demo trains on (train + extra) and measures on (val); TEST rows are never read."""
+    train, val = images.subset("train", "extra"), images.subset("val")
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(f"images.h5: need train/extra and val images, found {len(train)} and {len(val)}")
+    return train, val
+
+
+@torch.no_grad()
+def caption_states(clip, tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token text states of each caption (C, T, D) and of the empty caption (1, T, D)."""
+    device = next(clip.parameters()).device
+    return (text_token_states(clip, tokenizer(captions).to(device)).cpu(),
+            text_token_states(clip, tokenizer([""]).to(device)).cpu())
+
+
+def build_demo(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir: Path, timer: Timer) -> dict:
+    """Train judge, CLIP, VAE and text-to-image UNet on train+extra images; save them under `out_dir`.
+
+    Returns the trained models {'judge', 'clip', 'vae', 'unet'} (in memory, eval mode)."""
+    import open_clip
+
+    device, (train, _) = resolve_device(cfg.device), _train_split(images)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    with timer("judge"):
+        judge, judge_config = train_judge(images.images[train], images.labels[train], images.class_names, cfg.judge, device)
+        save_judge(judge, judge_config, out_dir / "judge")
+    with timer("clip"):
+        clip, model_cfg, pre_cfg = train_clip(images.images[train], images.labels[train], images.captions, cfg.clip, device)
+        save_clip(clip, model_cfg, pre_cfg, out_dir / "clip", {"model_name": DEMO_MODEL_NAME})
+        caption_embeds, null_embeds = caption_states(clip, open_clip.get_tokenizer(DEMO_MODEL_NAME), images.captions)
+        save_conditioning(caption_embeds, null_embeds, images.captions, "clip text states", out_dir / "conditioning")
+    x = to_float_images(images.images[train]) * 2 - 1  # (N, 3, H, W) in [-1, 1]
+    with timer("vae"):
+        vae = train_vae(x, cfg.vae, device)
+    with timer("unet"):
+        latent_mean, latent_std = encode_moments(vae, x)
+        unet = train_unet(latent_mean, latent_std, torch.from_numpy(images.labels[train]), vae.config.scaling_factor,
+                          caption_embeds, null_embeds, cfg.unet, device)
+        with atomic_path(out_dir / "stable_diffusion") as tmp:
+            save_pipeline(make_pipeline(unet, vae, sd_scheduler()), tmp)
+    demo = {"source": "demo", "revision": f"seed {seed}"}
+    write_manifest(out_dir, "demo", {k: demo for k in ("stable_diffusion", "clip", "judge", "conditioning")},
+                   {"feature_extractor": JUDGE_EXTRACTOR, "weights": "judge"})
+    return {"judge": judge, "clip": clip, "vae": vae, "unet": unet}
+
+
+def build_pretrained(images: ImageSet, cfg: FoundationConfig, out_dir: Path, timer: Timer) -> None:
+    """Resolve and snapshot SD, CLIP, the ImageNet judge and Inception weights under `out_dir`."""
+    from .pretrained import (INCEPTION_FILE, resolve_stable_diffusion, snapshot_clip, snapshot_inception,
+                             snapshot_judge, snapshot_stable_diffusion)
+
+    components = {}
+    with timer("stable_diffusion"):
+        folder, components["stable_diffusion"] = resolve_stable_diffusion(cfg.pretrained)
+        caption_embeds, null_embeds = snapshot_stable_diffusion(folder, out_dir / "stable_diffusion", images.captions)
+        save_conditioning(caption_embeds, null_embeds, images.captions, "stable_diffusion text_encoder",
+                          out_dir / "conditioning")
+        components["conditioning"] = components["stable_diffusion"]
+    with timer("clip"):
+        components["clip"] = snapshot_clip(cfg.pretrained, out_dir / "clip")
+    with timer("judge"):
+        components["judge"] = snapshot_judge(cfg.pretrained, out_dir / "judge")
+    with timer("inception"):
+        components["inception"] = snapshot_inception(cfg.pretrained, out_dir / "inception")
+    write_manifest(out_dir, "pretrained", components,
+                   {"feature_extractor": "inception-v3-compat", "weights": f"inception/{INCEPTION_FILE}"})
+
+
+def build_foundation(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir: str | Path):
+    """Build into the (new, empty) folder `out_dir`; reload it and measure. Returns (metrics, figures)."""
+    out_dir, timer = Path(out_dir), Timer()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    start = time.perf_counter()
+    if cfg.source == "demo":
+        build_demo(images, cfg, seed, out_dir, timer)
+    else:
+        build_pretrained(images, cfg, out_dir, timer)
+    with timer("evaluate"):
+        foundation = load_foundation(out_dir, resolve_device(cfg.device))
+        metrics, figures = evaluate(foundation, images, cfg.sample, seed, judge_metrics=cfg.source == "demo")
+    timer.seconds["total"] = round(time.perf_counter() - start, 2)
+    print(f"[foundation] total: {timer.seconds['total']:.1f} s", flush=True)
+    metrics.update({f"seconds_{part}": value for part, value in timer.seconds.items()})
+    return metrics, figures

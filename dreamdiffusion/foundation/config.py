@@ -1,0 +1,107 @@
+"""Typed config of the `foundation` params section (one nested dataclass per part)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import param
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Demo judge: a small CNN classifier of the synthetic classes."""
+
+    channels: list[int] = param([16, 32, 64], min=1, help="conv widths, one stride-2 stage each")
+    feature_dim: int = param(64, min=2, help="penultimate features (FID/KID space)")
+    epochs: int = param(8, min=1)
+    batch_size: int = param(64, min=1)
+    lr: float = param(2e-3, min=0.0)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Demo `AutoencoderKL` (len(block_out_channels)-1 downsamplings)."""
+
+    block_out_channels: list[int] = param([16, 32, 32], min=1)
+    layers_per_block: int = param(1, min=1)
+    latent_channels: int = param(4, min=1)
+    norm_num_groups: int = param(4, min=1, help="GroupNorm groups (keep >= 4 channels per group)")
+    steps: int = param(600, min=1)
+    batch_size: int = param(32, min=1)
+    lr: float = param(2e-3, min=0.0)
+    kl_weight: float = param(1e-6, min=0.0)
+    init_logvar: float = param(-6.0, max=0.0, help="initial posterior log-variance (bias of quant_conv)")
+    loss: str = param("l1", choices=["l1", "mse"], help="reconstruction loss (l1 keeps edges sharper)")
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """Demo open_clip model (custom config, bundled OpenAI BPE tokenizer)."""
+
+    embed_dim: int = param(64, min=1)
+    vision: str = param("resnet", choices=["resnet", "vit"], help="image tower: CLIP's ModifiedResNet or a ViT")
+    vision_width: int = param(16, min=8, help="resnet: stem width (x32 at the output); vit: multiple of 64")
+    vision_layers: int = param(1, min=1, help="resnet: blocks per stage (4 stages); vit: transformer layers")
+    patch_size: int = param(4, min=1, help="vit only")
+    text_width: int = param(64, min=64, help="also the UNet cross-attention width")
+    text_heads: int = param(2, min=1)
+    text_layers: int = param(2, min=1)
+    context_length: int = param(77, min=8, help="tokens per caption = conditioning sequence length")
+    steps: int = param(400, min=1)
+    batch_size: int = param(64, min=1)
+    lr: float = param(1e-3, min=0.0)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Demo `UNet2DConditionModel` on VAE latents, cross-attending to CLIP text states."""
+
+    block_out_channels: list[int] = param([48, 96], min=1)
+    layers_per_block: int = param(1, min=1)
+    attention_head_dim: int = param(8, min=1)
+    norm_num_groups: int = param(8, min=1)
+    steps: int = param(800, min=1)
+    batch_size: int = param(48, min=1)
+    lr: float = param(2e-3, min=0.0)
+    caption_dropout: float = param(0.1, min=0.0, max=1.0, help="fraction trained on the empty caption")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How the demo is measured: caption-to-image generation."""
+
+    guidance_scale: float = param(3.0, min=1.0)
+    inference_steps: int = param(25, min=1)
+    per_class: int = param(10, min=1, help="images generated per class caption")
+    grid_per_class: int = param(4, min=1, help="images per class in the PNG grids")
+
+
+@dataclass(frozen=True)
+class PretrainedConfig:
+    """Where `source: pretrained` finds the real models (hub id/tag or a local path)."""
+
+    stable_diffusion: str = param("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                                  help="diffusers hub id or local diffusers folder")
+    revision: str = param("main", help="hub revision (ignored for a local folder)")
+    hub_endpoint: str | None = param(None, help="hub URL (null: HF_ENDPOINT or huggingface.co)")
+    clip_model: str = param("ViT-L-14", help="open_clip model name")
+    clip_pretrained: str = param("openai", help="open_clip pretrained tag or local weights file")
+    clip_quickgelu: bool = param(True, help="QuickGELU activations (what OpenAI weights were trained with)")
+    judge_arch: str = param("vit_h_14", help="torchvision classifier architecture")
+    judge_weights: str = param("torchvision", help="'torchvision' (download) or a local state dict file")
+    judge_image_size: int = param(518, min=16, help="input size (ViT_H_14 DEFAULT weights: 518)")
+    inception_weights: str = param("download", help="'download' or a local torch-fidelity Inception file")
+
+
+@dataclass(frozen=True)
+class FoundationConfig:
+    """The `foundation` params section."""
+
+    source: str = param("demo", choices=["demo", "pretrained"])
+    device: str = param("auto", choices=["auto", "cpu", "cuda"])
+    threads: int = param(0, min=0, help="torch CPU threads (0: torch's default)")
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    clip: CLIPConfig = field(default_factory=CLIPConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)

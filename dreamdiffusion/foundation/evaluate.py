@@ -1,0 +1,79 @@
+"""Measure a loaded foundation on val images: VAE PSNR, judge, CLIP zero-shot, caption-to-image."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torchvision.utils import make_grid
+
+from ..data.processed import ImageSet
+from .config import SampleConfig
+from .judge import predict, to_float_images
+from .text_to_image import generate
+from .vae import psnr, reconstruct
+
+
+def accuracy(logits: torch.Tensor, labels) -> float:
+    """Top-1 accuracy of logits (N, C) against integer labels (N,)."""
+    return float((logits.argmax(1) == torch.as_tensor(labels)).float().mean())
+
+
+@torch.no_grad()
+def clip_zeroshot_logits(foundation, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """CLIP similarities (N, C) of images (N, 3, H, W) in [0, 1] to each caption."""
+    clip, device = foundation.clip, next(foundation.clip.parameters()).device
+    text = clip.encode_text(foundation.clip_tokenizer(captions).to(device), normalize=True)
+    feats = [clip.encode_image(foundation.clip_transform(images[i : i + 256]).to(device), normalize=True)
+             for i in range(0, len(images), 256)]
+    return (torch.cat(feats) @ text.T).float().cpu()
+
+
+def image_grid(rows: list[torch.Tensor], labels: list[str] | None = None, scale: int = 3) -> Image.Image:
+    """Rows of images (n, 3, H, W) in [0, 1] -> one PIL image, each row optionally labelled on the left."""
+    ncol = max(len(r) for r in rows)
+    grid = make_grid(torch.cat(rows).clamp(0, 1), nrow=ncol, padding=2, pad_value=1.0)
+    pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    image = Image.fromarray(pixels).resize((grid.shape[2] * scale, grid.shape[1] * scale), Image.NEAREST)
+    if not labels:
+        return image
+    margin = 8 + 6 * max(len(label) for label in labels)
+    canvas = Image.new("RGB", (image.width + margin, image.height), "white")
+    canvas.paste(image, (margin, 0))
+    row_height = image.height / len(rows)
+    draw = ImageDraw.Draw(canvas)
+    for i, label in enumerate(labels):
+        draw.text((4, int((i + 0.5) * row_height) - 5), label, fill="black")
+    return canvas
+
+
+def _first_per_class(labels: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the first `n` entries of each class, class by class."""
+    return np.concatenate([np.flatnonzero(labels == c)[:n] for c in np.unique(labels)])
+
+
+def evaluate(foundation, images: ImageSet, cfg: SampleConfig, seed: int, judge_metrics: bool = True):
+    """Metrics dict and figures {'recon', 'captions'} (PIL images) on the val split."""
+    val = images.subset("val")
+    x, labels, num_classes = to_float_images(images.images[val]), images.labels[val], len(images.captions)
+    recon = (reconstruct(foundation.vae, x * 2 - 1) + 1) / 2
+    metrics = {"vae_psnr": psnr(recon * 2 - 1, x * 2 - 1), "chance": 1.0 / num_classes, "val_images": len(val)}
+    show = _first_per_class(labels, 2)
+    figures = {"recon": image_grid([x[show], recon[show]], ["val", "recon"])}
+    per_class = cfg.per_class if judge_metrics else cfg.grid_per_class
+    targets = np.repeat(np.arange(num_classes), per_class)
+    embeds = foundation.caption_embeds[torch.from_numpy(targets)]
+    generated = generate(foundation.pipeline(), embeds, foundation.null_embeds, cfg.guidance_scale,
+                         cfg.inference_steps, seed)
+    rows = [generated[targets == c][: cfg.grid_per_class] for c in range(num_classes)]
+    figures["captions"] = image_grid(rows, [c[:40] for c in images.captions])
+    if judge_metrics:
+        judge = lambda imgs: predict(foundation.judge, foundation.judge_transform, imgs)  # noqa: E731
+        metrics.update({
+            "judge_val_acc": accuracy(judge(x), labels),
+            "judge_recon_acc": accuracy(judge(recon), labels),
+            "clip_zeroshot_acc": accuracy(clip_zeroshot_logits(foundation, x, images.captions), labels),
+            "caption_to_image_acc": accuracy(judge(generated), targets),
+            "caption_images": len(targets),
+            "guidance_scale": cfg.guidance_scale,
+        })
+    return metrics, figures

@@ -1,0 +1,97 @@
+"""Generate images from every test EEG trial (and, as a control, from another trial's EEG).
+
+Every image has its own seed, `image_seed(seed, trial, sample)`, so any one image can be
+regenerated alone. The control set pairs each test trial with a different trial of another
+class (a seeded derangement): generated from the wrong EEG, its scores should sit at chance.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .config import param
+
+INDEX_FIELDS = ["kind", "trial", "eeg_trial", "image", "label", "subject", "sample", "seed", "file"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """The `generate` params section."""
+
+    samples_per_eeg: int = param(5, min=1, help="images per test trial (paper: 5)")
+    scheduler: str = param("ddim", choices=["ddim", "pndm", "dpmsolver++"], help="pndm = the paper's PLMS")
+    steps: int = param(25, min=1, help="sampling steps (paper: 250 PLMS)")
+    guidance: float = param(3.0, min=1.0, help="classifier-free guidance scale (1 = none, as the paper)")
+    batch_size: int = param(50, min=1)
+    control_samples: int = param(1, min=0, help="images per trial from ANOTHER trial's EEG (0 = no control)")
+    grid_trials: int = param(4, min=1, help="trials per class in the per-class grids")
+
+
+def image_seed(seed: int, trial: int, sample: int) -> int:
+    """The seed of one image: a function of (seed, trial, sample) only."""
+    return int((seed * 1_000_003 + trial * 1_009 + sample) % (2**31 - 1))
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8."""
+    return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def plan(test_rows: dict, config: GenerateConfig, seed: int, partner: np.ndarray | None) -> list[dict]:
+    """One record per image to generate: which EEG drives it and with which seed."""
+    records = []
+    for i, trial in enumerate(test_rows["trial"].tolist()):
+        base = dict(trial=trial, image=int(test_rows["image_index"][i]), label=int(test_rows["label"][i]),
+                    subject=int(test_rows["subject"][i]))
+        for sample in range(config.samples_per_eeg):
+            records.append(dict(kind="eeg", row=i, eeg_row=i, sample=sample, seed=image_seed(seed, trial, sample), **base))
+        if partner is not None:
+            for sample in range(config.control_samples):
+                j = int(partner[i])
+                records.append(dict(kind="control", row=i, eeg_row=j, sample=sample,
+                                    seed=image_seed(seed, trial, config.samples_per_eeg + sample), **base))
+    for record in records:
+        record["eeg_trial"] = int(test_rows["trial"][record["eeg_row"]])
+        record["file"] = f"{record['kind']}/{record['trial']:05d}_{record['sample']}.png"
+    return records
+
+
+def generate_all(generator, eeg: np.ndarray, records: list[dict], config: GenerateConfig, out_dir: Path) -> None:
+    """Generate and write every planned image as PNG under `out_dir`."""
+    for kind in {r["kind"] for r in records}:
+        (out_dir / kind).mkdir(parents=True, exist_ok=True)
+    for start in tqdm(range(0, len(records), config.batch_size), desc="generate", unit="batch"):
+        batch = records[start : start + config.batch_size]
+        eeg_batch = torch.from_numpy(eeg[[r["eeg_row"] for r in batch]])
+        images = generator.images(eeg_batch, [r["seed"] for r in batch], config.scheduler, config.steps, config.guidance)
+        for record, pixels in zip(batch, to_uint8(images)):
+            Image.fromarray(pixels).save(out_dir / record["file"], format="PNG")
+
+
+def write_index(records: list[dict], path: Path) -> None:
+    """index.csv: one row per generated image."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=INDEX_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def read_index(path: Path) -> list[dict]:
+    """The rows of index.csv, numbers as ints."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in ("trial", "eeg_trial", "image", "label", "subject", "sample", "seed"):
+            row[key] = int(row[key])
+    return rows
+
+
+def class_grid(gt: np.ndarray, samples: list[np.ndarray]) -> np.ndarray:
+    """Rows of [ground truth | its samples] as one (B, 1 + S, H, W, 3) block for `save_image_grid`."""
+    return np.stack([np.concatenate([g[None], s]) for g, s in zip(gt, samples)])

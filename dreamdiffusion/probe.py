@@ -1,0 +1,46 @@
+"""Linear probe of a frozen EEG encoder: logistic regression on mean-pooled tokens, train -> val."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .data.processed import PairedEEG
+from .io import DataError
+
+
+@torch.no_grad()
+def pooled_features(encoder: torch.nn.Module, eeg: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Mean over the encoder's tokens for each window: (N, C, L) -> (N, D)."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    features = [encoder(torch.from_numpy(eeg[i : i + batch_size]).to(device)).mean(dim=1).float().cpu()
+                for i in range(0, len(eeg), batch_size)]
+    return torch.cat(features).numpy()
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+                 num_classes: int, c: float = 1.0) -> dict:
+    """Fit standardised multinomial logistic regression; top-1/top-5 accuracy on val."""
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+    classifier.fit(train_x, train_y)
+    scores = classifier.predict_proba(val_x)
+    labels = classifier[-1].classes_
+    if not np.isin(val_y, labels).all():
+        raise DataError(f"probe: val labels {sorted(set(val_y) - set(labels))} never occur in the train split")
+    ranked = labels[np.argsort(-scores, axis=1, kind="stable")]  # (N, classes), best first
+    hits = ranked == val_y[:, None]
+    return {"top1": float(hits[:, :1].any(1).mean()), "top5": float(hits[:, :5].any(1).mean()),
+            "chance": 1.0 / num_classes, "train_trials": int(len(train_y)), "val_trials": int(len(val_y))}
+
+
+def probe_encoder(encoder: torch.nn.Module, paired: PairedEEG, c: float = 1.0) -> dict:
+    """Linear probe of `encoder` on the paired train split, scored on val (never test)."""
+    train, val = paired.subset("train"), paired.subset("val")
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(f"probe: paired EEG has {len(train)} train and {len(val)} val trials; both must be non-empty")
+    features = pooled_features(encoder, paired.eeg[np.concatenate([train, val])])
+    return linear_probe(features[: len(train)], paired.label[train], features[len(train):], paired.label[val],
+                        len(paired.class_names), c)

@@ -1,0 +1,149 @@
+"""Stage B: what trains and what stays frozen, the loss, val selection, resume, no test data."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from dreamdiffusion.data.processed import SPLIT_CODES, PairedEEG, load_paired_eeg, write_h5
+from dreamdiffusion.finetune.load import load_generator, save_finetuned
+from dreamdiffusion.finetune.model import TimeConditioning
+from dreamdiffusion.finetune.train import (FinetuneConfig, Models, build_conditioner, finetune, is_better, losses,
+                                           paired_tensors)
+from dreamdiffusion.finetune.trainable import cross_attention_modules, set_unet_trainable
+from dreamdiffusion.foundation.build import Timer, build_demo
+from dreamdiffusion.foundation.load import load_foundation
+from dreamdiffusion.mae.encoder import save_encoder
+from dreamdiffusion.mae.model import EEGEncoder, MAEConfig
+
+from test_foundation import make_image_set, tiny_config
+
+TINY = FinetuneConfig(epochs=2, batch_size=4, lr=1e-3, val_trials=3, val_steps=2, nway=3, nway_trials=5,
+                      log_every=1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny foundation, a tiny random encoder, and paired EEG for the tiny image set."""
+    root = tmp_path_factory.mktemp("ft")
+    images = make_image_set(size=16)
+    build_demo(images, tiny_config(), 0, root / "foundation", Timer())
+    save_encoder(root / "encoder", EEGEncoder(MAEConfig(patch=64, width=16, depth=1, heads=2,
+                                                        decoder_width=8, decoder_heads=2)))
+    stim = np.flatnonzero(np.isin(images.split, [0, 1, 2]))  # stimulus images (not extra)
+    rng = np.random.default_rng(0)
+    eeg = rng.standard_normal((len(stim), 128, 512)).astype(np.float32)
+    eeg += images.labels[stim][:, None, None].astype(np.float32)  # class visible in the mean
+    split = images.split[stim]
+    eeg[split == SPLIT_CODES["test"]] = np.nan  # any read of a test trial would poison training
+    write_h5(root / "eeg.h5", dict(eeg=eeg, label=images.labels[stim], image_index=stim,
+                                   subject=np.ones(len(stim), np.int64), trial=np.arange(len(stim)),
+                                   split=split, class_names=images.class_names))
+    return root, images
+
+
+def make_models(world, config=TINY):
+    root, images = world
+    torch.manual_seed(0)  # as the stage does before building the conditioner
+    foundation = load_foundation(root / "foundation")
+    paired = load_paired_eeg(root / "eeg.h5", splits=("train", "val"))
+    set_unet_trainable(foundation.unet, config.train_unet)
+    conditioner = build_conditioner(config, foundation, root / "encoder", foundation.unet)
+    models = Models(conditioner, foundation.unet, foundation.vae.requires_grad_(False),
+                    DDPMScheduler.from_config(foundation.scheduler.config), foundation.caption_embeds)
+    foundation.clip.requires_grad_(False)
+    data = {s: paired_tensors(paired, images, paired.subset(s), foundation) for s in ("train", "val")}
+    return models, data, foundation
+
+
+def snapshot(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def test_frozen_stay_bit_identical_trainable_change_and_hold_no_grads(world):
+    models, data, foundation = make_models(world)
+    unet_before, cond_before = snapshot(models.unet), snapshot(models.conditioner)
+    clip_before, vae_before = snapshot(foundation.clip), snapshot(models.vae)
+    trainable_names = {n for n, p in models.unet.named_parameters() if p.requires_grad}
+    cross = {id(p) for m in cross_attention_modules(models.unet) for p in m.parameters()}
+    assert {id(p) for p in models.unet.parameters() if p.requires_grad} == cross and cross
+    result = finetune(dataclasses.replace(TINY, epochs=1), models, data["train"], data["val"], foundation, 0)
+    for name, p in result.models.unet.named_parameters():
+        if name in trainable_names:
+            assert not torch.equal(p, unet_before[name]), f"trainable {name} did not change"
+        else:
+            assert torch.equal(p, unet_before[name]), f"frozen {name} changed"
+            assert p.grad is None and not p.requires_grad
+    changed = [n for n, p in result.models.conditioner.named_parameters() if not torch.equal(p, cond_before[n])]
+    assert any(n.startswith("encoder.") for n in changed) and any(n.startswith("mapper.") for n in changed)
+    for before, module in ((clip_before, foundation.clip), (vae_before, models.vae)):
+        for name, p in module.named_parameters():
+            assert torch.equal(p, before[name]) and p.grad is None  # the CLIP target is never updated
+
+
+def test_frozen_encoder_and_no_unet_training(world):
+    config = dataclasses.replace(TINY, train_encoder=False, train_unet="none", epochs=1)
+    models, data, foundation = make_models(world, config)
+    enc_before, unet_before = snapshot(models.conditioner.encoder), snapshot(models.unet)
+    result = finetune(config, models, data["train"], data["val"], foundation, 0)
+    for name, p in result.models.conditioner.encoder.named_parameters():
+        assert torch.equal(p, enc_before[name]) and p.grad is None
+    assert all(torch.equal(p, unet_before[n]) for n, p in result.models.unet.named_parameters())
+
+
+def test_loss_combines_terms_with_their_weights(world):
+    models, data, _ = make_models(world)
+    batch = [t[:4] for t in (data["train"].eeg, data["train"].latent_mean, data["train"].latent_std,
+                             data["train"].clip_target, data["train"].label)]
+    time_cond = TimeConditioning(models.unet)
+    outs = []
+    for weight in (0.0, 2.0):
+        torch.manual_seed(0)
+        config = dataclasses.replace(TINY, clip_weight=weight, caption_weight=0.5, cond_dropout=0.0)
+        outs.append({k: float(v.detach()) for k, v in losses(models, batch, config, time_cond).items()})
+    for out, weight in zip(outs, (0.0, 2.0)):
+        expected = out["diffusion_loss"] + weight * out["clip_loss"] + 0.5 * out["caption_loss"]
+        assert out["loss"] == pytest.approx(expected, rel=1e-5)
+    assert outs[0]["clip_loss"] == pytest.approx(outs[1]["clip_loss"], rel=1e-5) and outs[0]["clip_loss"] > 0
+
+
+def test_val_selection_keeps_the_best_epoch():
+    best = {"score": None}
+    assert is_better(0.3, best, "val_nway_top1")
+    assert is_better(0.5, {"score": 0.3}, "val_nway_top1") and not is_better(0.2, {"score": 0.3}, "val_nway_top1")
+    assert is_better(0.1, {"score": 0.3}, "val_loss") and not is_better(0.4, {"score": 0.3}, "val_loss")
+
+
+def test_kept_model_is_the_best_val_epoch_and_resume_continues(world, tmp_path):
+    config = dataclasses.replace(TINY, epochs=3, select_by="val_loss")
+    models, data, foundation = make_models(world, config)
+    full = finetune(config, models, data["train"], data["val"], foundation, 0, tmp_path / "a", "x")
+    scores = [h["val_loss"] for h in full.history]
+    assert full.best_epoch == 1 + int(np.argmin(scores))
+    assert all(np.isfinite(h["train_loss"]) for h in full.history)  # NaN test trials never entered
+    # interrupted after 1 epoch, then restarted: continues from the checkpoint, same trajectory
+    models, data, foundation = make_models(world, config)
+    finetune(config, models, data["train"], data["val"], foundation, 0, tmp_path / "b", "x", stop_after=1)
+    models, data, foundation = make_models(world, config)
+    resumed = finetune(config, models, data["train"], data["val"], foundation, 0, tmp_path / "b", "x")
+    assert resumed.resumed_from == 1
+    np.testing.assert_allclose([h["val_loss"] for h in resumed.history], scores, rtol=1e-4)
+
+
+def test_save_and_load_generator_reproduces_images(world, tmp_path):
+    root, _ = world
+    models, data, foundation = make_models(world)
+    save_finetuned(tmp_path / "ft", models.conditioner, models.unet, {"train_unet": "cross_attention"})
+    generator = load_generator(tmp_path / "ft", root / "foundation")
+    eeg = data["val"].eeg[:2]
+    first = generator.images(eeg, [5, 6], steps=2)
+    again = generator.images(eeg[1:], [6], steps=2)  # one image alone, same seed: same pixels
+    assert first.shape[1] == 3 and torch.allclose(first[1:], again, atol=1e-5)
+    assert generator.clip_embeds(eeg).shape == (2, foundation.clip_embed_dim)
+
+
+def test_loading_only_train_and_val_never_reads_test(world):
+    root, _ = world
+    paired = load_paired_eeg(root / "eeg.h5", splits=("train", "val"))
+    assert SPLIT_CODES["test"] not in set(paired.split.tolist()) and np.isfinite(paired.eeg).all()

@@ -1,0 +1,76 @@
+"""The whole pipeline end to end with a tiny world, in a temporary git copy of the repo."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import TINY, make_repo_copy, merge, run
+from test_foundation import TINY as FOUNDATION_TINY
+
+pytestmark = pytest.mark.slow
+
+TINY_ALL = merge(TINY, {
+    "download": {"synthetic": {"images_per_class": 6, "extra_images_per_class": 6}},
+    "foundation": FOUNDATION_TINY,
+    "pretrain": {"model": {"patch": 64, "width": 16, "depth": 1, "heads": 2, "decoder_width": 8,
+                           "decoder_depth": 1, "decoder_heads": 2},
+                 "epochs": 1, "batch_size": 2},
+    "finetune": {"epochs": 2, "batch_size": 8, "val_every": 1, "val_trials": 4, "val_steps": 2},
+    "generate": {"samples_per_eeg": 2, "steps": 2, "batch_size": 16},
+    "evaluate": {"trials": 5, "kid_subset_size": 4},
+})
+EVAL_KEYS = ["nway_top1", "nway_top1_std", "nway_top1_dataset_classes", "fid", "is_mean", "is_std", "kid_mean",
+             "kid_std", "clip_similarity", "clip_2way", "ssim", "pixcorr", "eeg_top1", "eeg_top5"]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = make_repo_copy(tmp_path_factory.mktemp("full"), TINY_ALL)
+    run(repo, "dvc", "repro")
+    return repo
+
+
+def test_every_metric_exists_and_is_finite(repo):
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    for key in EVAL_KEYS:
+        assert math.isfinite(metrics[key]), key
+    assert set(metrics["controls"]) == {"nway_top1", "clip_2way"}
+    assert metrics["fidelity"]["n_generated"] == metrics["test_trials"] * 2
+    assert 0 <= metrics["nway_top1"] <= 1 and metrics["chance"] == pytest.approx(1 / 3)
+    finetune = json.loads((repo / "metrics/finetune.json").read_text())
+    assert 1 <= finetune["best_epoch"] <= 2 and finetune["trainable_params"] < finetune["total_params"]
+    for name in ("eval_confusion.png", "eval_per_class.csv", "finetune_val_grid.png", "generate_overview.png"):
+        assert (repo / "metrics" / name).stat().st_size > 0
+
+
+def test_dvc_metrics_show_lists_eval(repo):
+    out = run(repo, "dvc", "metrics", "show", "--json").stdout
+    shown = json.loads(out)
+    assert "nway_top1" in json.dumps(shown)
+
+
+def test_one_image_regenerates_alone_from_its_seed(repo):
+    import csv
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from dreamdiffusion.data.processed import load_paired_eeg
+    from dreamdiffusion.finetune.load import load_generator
+    from dreamdiffusion.generation import to_uint8
+
+    rows = list(csv.DictReader(open(repo / "data/generated/index.csv")))
+    row = next(r for r in rows if r["kind"] == "eeg" and r["sample"] == "1")
+    test = load_paired_eeg(repo / "data/processed/eeg.h5", splits=("test",))
+    eeg = torch.from_numpy(test.eeg[list(test.trial).index(int(row["eeg_trial"]))][None])
+    generator = load_generator(repo / "models/finetune", repo / "models/foundation")
+    image = to_uint8(generator.images(eeg, [int(row["seed"])], "ddim", 2, 3.0))[0]
+    saved = np.asarray(Image.open(repo / "data/generated" / row["file"]))
+    assert np.abs(image.astype(int) - saved.astype(int)).max() <= 1
+
+
+def test_second_repro_is_a_noop(repo):
+    out = run(repo, "dvc", "repro").stdout
+    assert "Running stage" not in out
