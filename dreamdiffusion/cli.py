@@ -24,9 +24,7 @@ def run_stage(name: str, spec: dict[str, Any], body: Callable[[dict, Any], dict]
     start = time.perf_counter()
     try:
         params = load_params(params_file, spec)
-        tracking = params.get("tracking")
-        with stage_run(name, tracking, {k: _plain(v) for k, v in params.items()},
-                       project_root()) if tracking else _null_run() as run:
+        with stage_run(name, params["tracking"], {k: _plain(v) for k, v in params.items()}, project_root()) as run:
             metrics = body(params, run) or {}
             metrics = {"stage_seconds": round(time.perf_counter() - start, 2), **metrics}
             run.log_metrics(metrics)
@@ -38,14 +36,3 @@ def run_stage(name: str, spec: dict[str, Any], body: Callable[[dict, Any], dict]
         sys.exit(1)
     print(f"{name}: done in {time.perf_counter() - start:.1f} s")
 
-
-class _null_run:
-    """A stand-in run for stages that do not declare `tracking`."""
-
-    def __enter__(self):
-        from .tracking import StageRun
-
-        return StageRun()
-
-    def __exit__(self, *exc):
-        return False

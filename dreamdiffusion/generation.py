@@ -92,6 +92,25 @@ def read_index(path: Path) -> list[dict]:
     return rows
 
 
-def class_grid(gt: np.ndarray, samples: list[np.ndarray]) -> np.ndarray:
-    """Rows of [ground truth | its samples] as one (B, 1 + S, H, W, 3) block for `save_image_grid`."""
-    return np.stack([np.concatenate([g[None], s]) for g, s in zip(gt, samples)])
+def write_grids(records: list[dict], stimulus_images: np.ndarray, out_dir: Path, overview: Path,
+                grid_trials: int, class_names: list[str]) -> None:
+    """Per class, `grid_trials` rows of [ground truth | its samples] as `out_dir/grids/<class>.png`;
+    the first row of every class as `overview`."""
+    from .plots import save_image_grid
+
+    by_class: dict[int, dict[int, list]] = {}
+    for r in records:
+        if r["kind"] == "eeg":
+            by_class.setdefault(r["label"], {}).setdefault(r["trial"], []).append(r)
+    firsts = []
+    for label, trials in sorted(by_class.items()):
+        rows = []
+        for recs in list(trials.values())[:grid_trials]:
+            samples = [np.asarray(Image.open(out_dir / r["file"])) for r in sorted(recs, key=lambda x: x["sample"])]
+            size = samples[0].shape[0]
+            truth = np.asarray(Image.fromarray(stimulus_images[recs[0]["image"]]).resize((size, size)))
+            rows.append([truth, *samples])
+        tiles = torch.from_numpy(np.stack([t for row in rows for t in row])).permute(0, 3, 1, 2) / 255.0
+        save_image_grid(tiles, out_dir / "grids" / f"{class_names[label]}.png", nrow=len(rows[0]))
+        firsts.append(tiles[: len(rows[0])])
+    save_image_grid(torch.cat(firsts), overview, nrow=len(firsts[0]))

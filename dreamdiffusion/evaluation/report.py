@@ -72,8 +72,9 @@ def nway_block(gen_probs, true_classes, cfg: EvaluateConfig, seed: int, samples:
     for k in (1, 5):
         if k >= n:
             continue
-        hits = nway_topk(gen_probs, true_classes, cfg.nway, k, cfg.trials, seed, pool).reshape(-1, samples)
-        out[f"top{k}"], out[f"top{k}_std"] = summarize_over_samples(hits)
+        hits = nway_topk(gen_probs, true_classes, cfg.nway, k, cfg.trials, seed, pool)
+        out[f"top{k}"], out[f"top{k}_std"] = summarize_over_samples(hits.reshape(-1, samples))
+        out[f"hits{k}"] = hits  # (N,) per image, for per-class plots
     out["n"] = n
     return out
 
@@ -115,7 +116,7 @@ def dataset_classes(foundation, image_set, size: int, batch: int) -> np.ndarray 
     return pool if len(pool) >= 2 else None
 
 
-def scored_set(rows: list[dict], gen_dir: Path, gt_all: torch.Tensor, foundation, cfg: EvaluateConfig):
+def scored_set(rows: list[dict], gen_dir: Path, foundation, cfg: EvaluateConfig):
     """Judge probabilities and CLIP embeddings of one kind of generated image, in index order."""
     images = load_pngs([gen_dir / r["file"] for r in rows])
     return images, judge_probs(foundation, images, cfg.batch_size), clip_image_embeds(foundation, images, cfg.batch_size)
@@ -132,7 +133,7 @@ def evaluate_generated(rows: list[dict], gen_dir: Path, image_set, test, generat
     where = {image: i for i, image in enumerate(images_used)}
     true_unique = true_classes_from(judge_probs(foundation, gt_unique, cfg.batch_size))
     gt_clip = clip_image_embeds(foundation, gt_unique, cfg.batch_size)
-    gen, probs, clip = scored_set(eeg_rows, gen_dir, gt_unique, foundation, cfg)
+    gen, probs, clip = scored_set(eeg_rows, gen_dir, foundation, cfg)
     own = np.array([where[r["image"]] for r in eeg_rows])
     main = nway_block(probs, true_unique[own], cfg, seed, samples)
     dataset_pool = dataset_classes(foundation, image_set, size, cfg.batch_size)
@@ -151,7 +152,7 @@ def evaluate_generated(rows: list[dict], gen_dir: Path, image_set, test, generat
     }
     control_rows = sorted((r for r in rows if r["kind"] == "control"), key=lambda r: (r["trial"], r["sample"]))
     if control_rows:
-        _, c_probs, c_clip = scored_set(control_rows, gen_dir, gt_unique, foundation, cfg)
+        _, c_probs, c_clip = scored_set(control_rows, gen_dir, foundation, cfg)
         c_own = np.array([where[r["image"]] for r in control_rows])
         c_samples = max(r["sample"] for r in control_rows) + 1
         metrics["controls"] = {"nway_top1": nway_block(c_probs, true_unique[c_own], cfg, seed, c_samples)["top1"],
@@ -163,6 +164,5 @@ def evaluate_generated(rows: list[dict], gen_dir: Path, image_set, test, generat
         metrics.update({k: fid[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std")})
         metrics["fidelity"] = {k: fid[k] for k in ("n_generated", "n_reference", "extractor", "kid_subset_size")}
         metrics["fidelity"]["reference"] = "distinct test ground-truth images"
-    hits = nway_topk(probs, true_unique[own], cfg.nway, 1, cfg.trials, seed)
-    extras = {"labels": labels, "true": true_unique[own], "predicted": probs.argmax(1), "hits": hits}
+    extras = {"labels": labels, "true": true_unique[own], "predicted": probs.argmax(1), "hits": main["hits1"]}
     return metrics, extras

@@ -149,7 +149,7 @@ class Models:
         return [p for m in (self.conditioner, self.unet) for p in m.parameters() if p.requires_grad]
 
 
-def losses(models: Models, batch, config: FinetuneConfig, time_cond: TimeConditioning, generator=None) -> dict:
+def losses(models: Models, batch, config: FinetuneConfig, time_cond: TimeConditioning) -> dict:
     """Diffusion, CLIP and caption losses of one batch, and their weighted total."""
     eeg, mean, std, clip_target, label = batch
     latents = (mean + std * torch.randn_like(std)) * models.vae.config.scaling_factor
