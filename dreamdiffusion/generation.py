@@ -1,8 +1,9 @@
 """Generate images from every test EEG trial (and, as a control, from another trial's EEG).
 
 Every image has its own seed, `image_seed(seed, trial, sample)`, so any one image can be
-regenerated alone. The control set pairs each test trial with a different trial of another
-class (a seeded derangement): generated from the wrong EEG, its scores should sit at chance.
+regenerated alone. The control set pairs each test trial with a trial of another stimulus image
+(`control_pairing: image`) or of another class (`class`), a seeded derangement: generated from the
+wrong EEG, its scores should sit at chance (pairing by class pushes them below it on purpose).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class GenerateConfig:
     guidance: float = param(3.0, min=1.0, help="classifier-free guidance scale (1 = none, as the paper)")
     batch_size: int = param(50, min=1)
     control_samples: int = param(1, min=0, help="images per trial from ANOTHER trial's EEG (0 = no control)")
+    control_pairing: str = param("image", choices=["image", "class"],
+                                 help="the partner trial shows another image (null: chance) or another class")
     grid_trials: int = param(4, min=1, help="trials per class in the per-class grids")
 
 

@@ -25,7 +25,8 @@ def main(params: dict, run) -> dict:
     if len(test.eeg) < 2:
         raise ValueError(f"{EEG}: {len(test.eeg)} test trial(s); generation needs at least 2")
     rows = {"trial": test.trial, "image_index": test.image_index, "label": test.label, "subject": test.subject}
-    partner = derangement_by_group(test.label, params["seed"]) if config.control_samples else None
+    groups = test.image_index if config.control_pairing == "image" else test.label
+    partner = derangement_by_group(groups, params["seed"]) if config.control_samples else None
     records = plan(rows, config, params["seed"], partner)
     image_set = load_images(IMAGES)
     with atomic_path(OUT) as tmp:

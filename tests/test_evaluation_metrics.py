@@ -238,3 +238,38 @@ def test_derangement_by_group_is_well_mixed():
 def test_derangement_by_group_fails_clearly_when_impossible():
     with pytest.raises(ValueError, match="group 'a' holds 4 of 7"):
         derangement_by_group(["a", "a", "a", "a", "b", "c", "d"], 0)
+
+
+def test_control_identification_drops_the_source_image_from_the_distractors():
+    import torch
+
+    from dreamdiffusion.evaluation.report import identification
+
+    gt = torch.eye(4, dtype=torch.float64)  # 4 distinct ground-truth images, orthogonal embeddings
+    gen = torch.nn.functional.normalize(gt[2] + 0.5 * gt[0], dim=0)[None]  # drawn from image 2's EEG
+    own, source = np.array([0]), np.array([2])
+    assert identification(gen, gt, own).tolist() == [2 / 3]  # image 2 beats its own image 0
+    assert identification(gen, gt, own, source).tolist() == [1.0]  # 1 and 3 only
+
+
+def test_control_two_way_sits_at_chance_when_paired_by_image_and_below_when_by_class():
+    """A perfect generator copies the image its EEG saw: scored against another trial's image, the
+    control must give 0.5 (pairing by image, source excluded); pairing by class biases it low."""
+    import torch
+
+    from dreamdiffusion.evaluation.report import identification
+
+    rng = np.random.default_rng(0)
+    images, classes, trials = 40, 10, 160
+    image_class = np.arange(images) % classes
+    centres = rng.normal(size=(classes, 32))
+    gt = torch.nn.functional.normalize(torch.as_tensor(centres[image_class] + 0.7 * rng.normal(size=(images, 32))), dim=1)
+    image = rng.permutation(np.arange(trials) % images)  # each image seen by 4 trials
+    gen = torch.nn.functional.normalize(gt[image] + 0.3 * torch.as_tensor(rng.normal(size=(trials, 32))), dim=1)
+    by_image = [identification(gen[p], gt, image, image[p]).mean()
+                for p in (derangement_by_group(image, s) for s in range(20))]
+    by_class = [identification(gen[p], gt, image).mean()
+                for p in (derangement_by_group(image_class[image], s) for s in range(20))]
+    assert abs(np.mean(by_image) - 0.5) < 0.02
+    assert np.mean(by_class) < np.mean(by_image) - 0.03
+    assert identification(gen, gt, image).mean() > 0.9  # the matched (non-control) score

@@ -55,13 +55,17 @@ def clip_image_embeds(foundation, images: torch.Tensor, batch: int) -> torch.Ten
     return F.normalize(torch.cat(out), dim=-1)
 
 
-def identification(gen_feats: torch.Tensor, gt_unique: torch.Tensor, own: np.ndarray) -> np.ndarray:
+def identification(gen_feats: torch.Tensor, gt_unique: torch.Tensor, own: np.ndarray,
+                   exclude: np.ndarray | None = None) -> np.ndarray:
     """2-way identification against the DISTINCT ground-truth images: for each generated image, the
-    fraction of other images whose embedding is further from it than its own (chance 0.5)."""
+    fraction of other images whose embedding is further from it than its own (chance 0.5).
+    `exclude` (N,) drops one more image per row from the distractors (a control's source image)."""
     similarity = (gen_feats @ gt_unique.T).numpy()  # (N, U) cosine (unit-norm inputs)
     own_sim = similarity[np.arange(len(own)), own][:, None]
     others = np.ones_like(similarity, dtype=bool)
     others[np.arange(len(own)), own] = False
+    if exclude is not None:
+        others[np.arange(len(own)), exclude] = False
     return ((similarity < own_sim) & others).sum(1) / others.sum(1)
 
 
@@ -155,8 +159,10 @@ def evaluate_generated(rows: list[dict], gen_dir: Path, image_set, test, generat
         _, c_probs, c_clip = scored_set(control_rows, gen_dir, foundation, cfg)
         c_own = np.array([where[r["image"]] for r in control_rows])
         c_samples = max(r["sample"] for r in control_rows) + 1
+        image_of_trial = {r["trial"]: r["image"] for r in eeg_rows}
+        c_source = np.array([where[image_of_trial[r["eeg_trial"]]] for r in control_rows])  # the EEG's own image
         metrics["controls"] = {"nway_top1": nway_block(c_probs, true_unique[c_own], cfg, seed, c_samples)["top1"],
-                               "clip_2way": float(identification(c_clip, gt_clip, c_own).mean())}
+                               "clip_2way": float(identification(c_clip, gt_clip, c_own, c_source).mean())}
     labels = np.array([r["label"] for r in eeg_rows])
     metrics.update(eeg_decoding(generator, test.eeg, test.label, class_prototypes(foundation, image_set, cfg.batch_size)))
     if cfg.fidelity:
