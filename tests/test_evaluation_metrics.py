@@ -243,21 +243,19 @@ def test_derangement_by_group_fails_clearly_when_impossible():
 def test_control_identification_drops_the_source_image_from_the_distractors():
     import torch
 
-    from dreamdiffusion.evaluation.report import identification
-
     gt = torch.eye(4, dtype=torch.float64)  # 4 distinct ground-truth images, orthogonal embeddings
     gen = torch.nn.functional.normalize(gt[2] + 0.5 * gt[0], dim=0)[None]  # drawn from image 2's EEG
     own, source = np.array([0]), np.array([2])
-    assert identification(gen, gt, own).tolist() == [2 / 3]  # image 2 beats its own image 0
-    assert identification(gen, gt, own, source).tolist() == [1.0]  # 1 and 3 only
+    assert two_way_identification(gen, gt, own=own).tolist() == [2 / 3]  # image 2 beats its own image 0
+    assert two_way_identification(gen, gt, own=own, exclude=source).tolist() == [1.0]  # 1 and 3 only
+    with pytest.raises(ValueError, match="distractor"):
+        two_way_identification(gen, gt[:1], own=own)
 
 
 def test_control_two_way_sits_at_chance_when_paired_by_image_and_below_when_by_class():
     """A perfect generator copies the image its EEG saw: scored against another trial's image, the
     control must give 0.5 (pairing by image, source excluded); pairing by class biases it low."""
     import torch
-
-    from dreamdiffusion.evaluation.report import identification
 
     rng = np.random.default_rng(0)
     images, classes, trials = 40, 10, 160
@@ -266,10 +264,12 @@ def test_control_two_way_sits_at_chance_when_paired_by_image_and_below_when_by_c
     gt = torch.nn.functional.normalize(torch.as_tensor(centres[image_class] + 0.7 * rng.normal(size=(images, 32))), dim=1)
     image = rng.permutation(np.arange(trials) % images)  # each image seen by 4 trials
     gen = torch.nn.functional.normalize(gt[image] + 0.3 * torch.as_tensor(rng.normal(size=(trials, 32))), dim=1)
-    by_image = [identification(gen[p], gt, image, image[p]).mean()
-                for p in (derangement_by_group(image, s) for s in range(20))]
-    by_class = [identification(gen[p], gt, image).mean()
+    image_pairings = [derangement_by_group(image, s) for s in range(20)]
+    by_image = [two_way_identification(gen[p], gt, own=image, exclude=image[p]).mean() for p in image_pairings]
+    source_kept = [two_way_identification(gen[p], gt, own=image).mean() for p in image_pairings]
+    by_class = [two_way_identification(gen[p], gt, own=image).mean()
                 for p in (derangement_by_group(image_class[image], s) for s in range(20))]
     assert abs(np.mean(by_image) - 0.5) < 0.02
+    assert np.mean(source_kept) < np.mean(by_image) - 0.01  # the source image is the nearest distractor
     assert np.mean(by_class) < np.mean(by_image) - 0.03
-    assert identification(gen, gt, image).mean() > 0.9  # the matched (non-control) score
+    assert two_way_identification(gen, gt, own=image).mean() > 0.9  # the matched (non-control) score

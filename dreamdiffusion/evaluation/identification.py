@@ -37,17 +37,26 @@ def _distances(gen: torch.Tensor, gt: torch.Tensor, metric: str) -> torch.Tensor
     raise ValueError(f"metric must be 'cosine', 'correlation' or 'euclidean', got {metric!r}")
 
 
-def two_way_identification(gen_feats, gt_feats, metric: str = "cosine") -> np.ndarray:
+def two_way_identification(gen_feats, gt_feats, metric: str = "cosine", own=None, exclude=None) -> np.ndarray:
     """Per generated image (N,): the fraction of OTHER ground truths strictly further from it than
-    its own ground truth (ties count as failures). Chance is 0.5; needs N >= 2."""
+    its own (ties count as failures; chance 0.5). Paired inputs (N, D) by default; with `own` (N,),
+    generated i belongs to ground truth own[i] of gt_feats (U, D), and `exclude` (N,) drops one more
+    ground truth per row from the distractors (a control's source image)."""
     gen, gt = _as_tensor(gen_feats, "gen_feats", (2,)), _as_tensor(gt_feats, "gt_feats", (2,))
-    _check_pairs(gen, gt)
-    if gen.shape[0] < 2:
-        raise ValueError(f"2-way identification needs at least 2 pairs, got {gen.shape[0]}")
-    dist = _distances(gen, gt, metric)  # (N, N)
-    own = dist.diagonal()[:, None]  # (N, 1)
-    further = (dist > own).sum(1)  # the diagonal is never > itself
-    return (further / (gen.shape[0] - 1)).numpy()
+    if own is None:
+        _check_pairs(gen, gt)
+        own = np.arange(gen.shape[0])
+    rows = np.arange(gen.shape[0])
+    others = np.ones((gen.shape[0], gt.shape[0]), dtype=bool)
+    others[rows, own] = False
+    if exclude is not None:
+        others[rows, exclude] = False
+    if gen.shape[0] == 0 or others.sum(1).min() == 0:
+        raise ValueError(f"2-way identification needs at least one distractor per image: "
+                         f"{gen.shape[0]} generated, {gt.shape[0]} ground truths")
+    dist = _distances(gen, gt, metric).numpy()  # (N, U)
+    further = (dist > dist[rows, own][:, None]) & others
+    return further.sum(1) / others.sum(1)
 
 
 def clip_similarity(gen_embeds, gt_embeds) -> np.ndarray:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..config import param
 from .fidelity import fidelity_metrics
-from .identification import clip_similarity, pixcorr, ssim
+from .identification import clip_similarity, pixcorr, ssim, two_way_identification
 from .nway import effective_n_way, nway_topk, summarize_over_samples, true_classes_from
 
 
@@ -53,20 +53,6 @@ def clip_image_embeds(foundation, images: torch.Tensor, batch: int) -> torch.Ten
     out = [foundation.clip.encode_image(foundation.clip_transform(images[i : i + batch].to(device))).float().cpu()
            for i in range(0, len(images), batch)]
     return F.normalize(torch.cat(out), dim=-1)
-
-
-def identification(gen_feats: torch.Tensor, gt_unique: torch.Tensor, own: np.ndarray,
-                   exclude: np.ndarray | None = None) -> np.ndarray:
-    """2-way identification against the DISTINCT ground-truth images: for each generated image, the
-    fraction of other images whose embedding is further from it than its own (chance 0.5).
-    `exclude` (N,) drops one more image per row from the distractors (a control's source image)."""
-    similarity = (gen_feats @ gt_unique.T).numpy()  # (N, U) cosine (unit-norm inputs)
-    own_sim = similarity[np.arange(len(own)), own][:, None]
-    others = np.ones_like(similarity, dtype=bool)
-    others[np.arange(len(own)), own] = False
-    if exclude is not None:
-        others[np.arange(len(own)), exclude] = False
-    return ((similarity < own_sim) & others).sum(1) / others.sum(1)
 
 
 def nway_block(gen_probs, true_classes, cfg: EvaluateConfig, seed: int, samples: int, pool=None) -> dict:
@@ -149,7 +135,7 @@ def evaluate_generated(rows: list[dict], gen_dir: Path, image_set, test, generat
         "nway_top1_dataset_classes": strict["top1"], "nway": main["n"], "nway_dataset_classes": strict["n"],
         "nway_trials": cfg.trials, "nway_seed": seed, "chance": 1.0 / main["n"],
         "clip_similarity": float(clip_similarity(clip, gt_clip[own]).mean()),
-        "clip_2way": float(identification(clip, gt_clip, own).mean()),
+        "clip_2way": float(two_way_identification(clip, gt_clip, own=own).mean()),
         "ssim": float(ssim(gen.permute(0, 2, 3, 1).numpy(), gt.permute(0, 2, 3, 1).numpy()).mean()),
         "pixcorr": float(pixcorr(gen.numpy(), gt.numpy()).mean()),
         "samples_per_eeg": samples, "test_trials": len(eeg_rows) // samples, "test_images": len(images_used),
@@ -162,7 +148,7 @@ def evaluate_generated(rows: list[dict], gen_dir: Path, image_set, test, generat
         image_of_trial = {r["trial"]: r["image"] for r in eeg_rows}
         c_source = np.array([where[image_of_trial[r["eeg_trial"]]] for r in control_rows])  # the EEG's own image
         metrics["controls"] = {"nway_top1": nway_block(c_probs, true_unique[c_own], cfg, seed, c_samples)["top1"],
-                               "clip_2way": float(identification(c_clip, gt_clip, c_own, c_source).mean())}
+                               "clip_2way": float(two_way_identification(c_clip, gt_clip, own=c_own, exclude=c_source).mean())}
     labels = np.array([r["label"] for r in eeg_rows])
     metrics.update(eeg_decoding(generator, test.eeg, test.label, class_prototypes(foundation, image_set, cfg.batch_size)))
     if cfg.fidelity:
