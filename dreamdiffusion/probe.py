@@ -1,4 +1,11 @@
-"""Linear probe of a frozen EEG encoder: logistic regression on mean-pooled tokens, train -> val."""
+"""Linear probe of a frozen EEG encoder: logistic regression on pooled tokens, train -> val.
+
+Pooling `cls` reads the encoder's cls token, the protocol of facebookresearch/mae's linear
+probe (standardised features there too: a BatchNorm without affine before the linear head);
+in a masked autoencoder the cls token is the slot the decoder reads the whole window from.
+Pooling `mean` averages the patch tokens: it cancels time-locked (evoked) waveforms, whose
+sign alternates over the window, so it mostly measures nonlinear energy features.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -10,15 +17,20 @@ from sklearn.preprocessing import StandardScaler
 from .data.processed import PairedEEG
 from .io import DataError
 
+POOLINGS = ("cls", "mean")
+
 
 @torch.no_grad()
-def pooled_features(encoder: torch.nn.Module, eeg: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Mean over the encoder's tokens for each window: (N, C, L) -> (N, D)."""
+def pooled_features(encoder: torch.nn.Module, eeg: np.ndarray, batch_size: int = 128) -> dict[str, np.ndarray]:
+    """Every pooling of the encoder's tokens for each window: (N, C, L) -> {pooling: (N, D)}."""
     encoder.eval()
     device = next(encoder.parameters()).device
-    features = [encoder(torch.from_numpy(eeg[i : i + batch_size]).to(device)).mean(dim=1).float().cpu()
-                for i in range(0, len(eeg), batch_size)]
-    return torch.cat(features).numpy()
+    features = {pooling: [] for pooling in POOLINGS}
+    for i in range(0, len(eeg), batch_size):
+        tokens = encoder(torch.from_numpy(eeg[i : i + batch_size]).to(device), keep_cls=True).float().cpu()  # (B, 1+T, D)
+        features["cls"].append(tokens[:, 0])
+        features["mean"].append(tokens[:, 1:].mean(dim=1))
+    return {pooling: torch.cat(parts).numpy() for pooling, parts in features.items()}
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
@@ -36,11 +48,12 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
             "chance": 1.0 / num_classes, "train_trials": int(len(train_y)), "val_trials": int(len(val_y))}
 
 
-def probe_encoder(encoder: torch.nn.Module, paired: PairedEEG, c: float = 1.0) -> dict:
-    """Linear probe of `encoder` on the paired train split, scored on val (never test)."""
+def probe_encoder(encoder: torch.nn.Module, paired: PairedEEG, c: float = 1.0) -> dict[str, dict]:
+    """Linear probe of `encoder` on the paired train split, scored on val (never test), per pooling."""
     train, val = paired.subset("train"), paired.subset("val")
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"probe: paired EEG has {len(train)} train and {len(val)} val trials; both must be non-empty")
     features = pooled_features(encoder, paired.eeg[np.concatenate([train, val])])
-    return linear_probe(features[: len(train)], paired.label[train], features[len(train):], paired.label[val],
-                        len(paired.class_names), c)
+    return {pooling: linear_probe(x[: len(train)], paired.label[train], x[len(train):], paired.label[val],
+                                  len(paired.class_names), c)
+            for pooling, x in features.items()}

@@ -47,15 +47,20 @@ def write_losses(history: list[dict], path: Path) -> None:
 
 
 def probes(model, config: PretrainConfig, seed: int) -> dict:
-    """Linear probe of the trained encoder and of a random-init encoder of the same config."""
+    """Linear probes (cls token: `probe_*`; mean of the tokens: `probe_mean_*`) of the trained
+    encoder and of a random-init encoder of the same config."""
     paired = read(load_paired_eeg, PAIRED)
     trained = probe_encoder(model.encoder, paired, config.probe_c)
     torch.manual_seed(seed)
     random_init = probe_encoder(EEGEncoder(model.config), paired, config.probe_c)
-    return {"probe_top1": trained["top1"], "probe_top5": trained["top5"],
-            "probe_top1_random_init": random_init["top1"], "probe_top5_random_init": random_init["top5"],
-            "chance": trained["chance"], "probe_train_trials": trained["train_trials"],
-            "probe_val_trials": trained["val_trials"]}
+    metrics = {}
+    for pooling, prefix in (("cls", "probe"), ("mean", "probe_mean")):
+        for k in ("top1", "top5"):
+            metrics[f"{prefix}_{k}"] = trained[pooling][k]
+            metrics[f"{prefix}_{k}_random_init"] = random_init[pooling][k]
+    first = trained["cls"]
+    return {**metrics, "chance": first["chance"], "probe_train_trials": first["train_trials"],
+            "probe_val_trials": first["val_trials"]}
 
 
 def main(params: dict, run) -> dict:

@@ -18,7 +18,7 @@ from dreamdiffusion.io import DataError
 from dreamdiffusion.mae import MAEConfig, load_encoder
 from dreamdiffusion.mae.model import EEGEncoder
 from dreamdiffusion.mae.train import PretrainConfig, latest_checkpoint, run_key, split_by_recording, train
-from dreamdiffusion.probe import linear_probe, probe_encoder
+from dreamdiffusion.probe import linear_probe, pooled_features, probe_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,8 +156,41 @@ def test_probe_never_reads_test_trials():
     paired = PairedEEG(eeg=eeg, label=np.arange(n) % 3, image_index=np.arange(n), subject=np.ones(n),
                        trial=np.arange(n), split=split, class_names=["a", "b", "c"])
     result = probe_encoder(EEGEncoder(MODEL), paired)
-    assert result["train_trials"] == 40 and result["val_trials"] == 10
-    assert 0 <= result["top1"] <= result["top5"] <= 1
+    assert set(result) == {"cls", "mean"}
+    for pooled in result.values():
+        assert pooled["train_trials"] == 40 and pooled["val_trials"] == 10
+        assert 0 <= pooled["top1"] <= pooled["top5"] <= 1
+
+
+class FixedTokens(torch.nn.Module):
+    """A stand-in encoder: cls token = the window's first sample per channel, patch tokens = the rest."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, eeg, keep_cls=False):
+        tokens = eeg.transpose(1, 2)  # (B, L, C): sample 0 plays the cls token
+        return tokens if keep_cls else tokens[:, 1:]
+
+
+def test_pooled_features_read_the_cls_token_and_average_the_rest():
+    eeg = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    pooled = pooled_features(FixedTokens(), eeg, batch_size=1)
+    np.testing.assert_allclose(pooled["cls"], eeg[:, :, 0])
+    np.testing.assert_allclose(pooled["mean"], eeg[:, :, 1:].mean(-1))
+
+
+def test_cls_probe_finds_what_only_the_cls_token_carries():
+    rng = np.random.default_rng(0)
+    n = 400
+    label = np.arange(n) % 3
+    eeg = rng.normal(size=(n, 4, 9)).astype(np.float32)
+    eeg[:, :, 0] += 3 * label[:, None]  # class only in the cls slot; the patch tokens are noise
+    paired = PairedEEG(eeg=eeg, label=label, image_index=np.arange(n), subject=np.ones(n), trial=np.arange(n),
+                       split=np.array([0, 0, 0, 1] * 100, dtype=np.int8), class_names=["a", "b", "c"])
+    result = probe_encoder(FixedTokens(), paired)
+    assert result["cls"]["top1"] > 0.9 and result["mean"]["top1"] < 0.5
 
 
 def test_pretrain_stage_end_to_end(tmp_path):
@@ -183,7 +216,7 @@ def test_pretrain_stage_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics/pretrain.json").read_text())
     for key in ("train_mse", "val_mse", "params", "samples_per_s", "probe_top1", "probe_top5",
-                "probe_top1_random_init", "chance"):
+                "probe_top1_random_init", "probe_mean_top1", "probe_mean_top1_random_init", "chance"):
         assert isinstance(metrics[key], (int, float)), key
     assert metrics["chance"] == pytest.approx(1 / 3) and metrics["epochs"] == 3
     encoder, config = load_encoder(tmp_path / "models/pretrain")
