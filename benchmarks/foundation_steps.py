@@ -12,9 +12,8 @@ import time
 
 import numpy as np
 import torch
-import yaml
 
-from dreamdiffusion.config import load_params, parse_config, to_dict
+from dreamdiffusion.config import load_params, parse_config, to_dict, with_overrides
 from dreamdiffusion.foundation.clip_mini import train_clip
 from dreamdiffusion.foundation.config import FoundationConfig
 from dreamdiffusion.foundation.judge import train_judge
@@ -28,19 +27,6 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def with_override(cfg: FoundationConfig, items: list[str]) -> FoundationConfig:
-    """Apply dotted `key=value` overrides (YAML values) to the config."""
-    values = to_dict(cfg)
-    for item in items:
-        key, value = item.split("=", 1)
-        *path, last = key.split(".")
-        node = values
-        for part in path:
-            node = node[part]
-        node[last] = yaml.safe_load(value)
-    return parse_config(FoundationConfig, values, "foundation")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=0)
@@ -49,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = with_override(load_params("params.yaml", {"foundation": FoundationConfig})["foundation"], args.set)
+    cfg = with_overrides(load_params("params.yaml", {"foundation": FoundationConfig})["foundation"], args.set, "foundation")
     n, size, classes, steps = 2320, 32, 10, args.steps
     images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     labels = np.arange(n) % classes

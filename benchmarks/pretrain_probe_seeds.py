@@ -15,19 +15,6 @@ import argparse
 import time
 
 import numpy as np
-import yaml
-
-
-def overridden(section: dict, overrides: list[str]) -> dict:
-    """Apply `key.sub=value` overrides (values parsed as YAML) to a params section."""
-    for item in overrides:
-        key, _, value = item.partition("=")
-        *parents, leaf = key.split(".")
-        node = section
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = yaml.safe_load(value)
-    return section
 
 
 def main() -> None:
@@ -37,16 +24,12 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
-    import torch
-
-    from dreamdiffusion.config import parse_config
+    from dreamdiffusion.config import load_params, with_overrides
     from dreamdiffusion.data.processed import load_corpus, load_paired_eeg
-    from dreamdiffusion.mae import EEGEncoder
     from dreamdiffusion.mae.train import PretrainConfig, train
-    from dreamdiffusion.probe import POOLINGS, probe_encoder
+    from dreamdiffusion.probe import POOLINGS, probe_with_random_init
 
-    section = overridden(yaml.safe_load(open(args.params))["pretrain"], args.overrides)
-    config = parse_config(PretrainConfig, section, "pretrain")
+    config = with_overrides(load_params(args.params, {"pretrain": PretrainConfig})["pretrain"], args.overrides, "pretrain")
     corpus, paired = load_corpus("data/processed/corpus.h5"), load_paired_eeg("data/processed/eeg.h5")
     print(f"corpus {len(corpus.eeg)} windows from {sorted(set(corpus.sources))}; overrides {args.overrides or 'none'}")
     print("seed  seconds  val_mse  " + "  ".join(f"{p}: trained random gain" for p in POOLINGS))
@@ -55,9 +38,7 @@ def main() -> None:
         start = time.perf_counter()
         result = train(config, corpus, seed)
         seconds = time.perf_counter() - start
-        trained = probe_encoder(result.model.encoder, paired, config.probe_c)
-        torch.manual_seed(seed)  # the stage's random-init baseline
-        random_init = probe_encoder(EEGEncoder(result.model.config), paired, config.probe_c)
+        trained, random_init = probe_with_random_init(result.model.encoder, paired, seed, config.probe_c)
         cells = []
         for pooling in POOLINGS:
             gain = trained[pooling]["top1"] - random_init[pooling]["top1"]

@@ -122,6 +122,23 @@ def parse_config(cls, values: dict | None, section: str):
         raise ConfigError(f"{section}: {err}") from None
 
 
+def with_overrides(config, overrides: list[str], section: str):
+    """`config` with dotted `key.sub=value` overrides (values parsed as YAML), re-validated."""
+    values = to_dict(config)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{section}: override {item!r} is not of the form key=value")
+        *parents, leaf = key.split(".")
+        node = values
+        for parent in parents:
+            if not isinstance(node.get(parent), dict):
+                raise ConfigError(f"{section}.{key}: {parent!r} is not a section of {section}")
+            node = node[parent]
+        node[leaf] = yaml.safe_load(value)
+    return parse_config(type(config), values, section)
+
+
 def to_dict(config) -> dict:
     """Plain-dict view of a config (for logging and for checkpoints that carry their config)."""
     return dataclasses.asdict(config)

@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 
 from .data.processed import PairedEEG
 from .io import DataError
+from .mae.model import EEGEncoder
 
 POOLINGS = ("cls", "mean")
 
@@ -57,3 +58,10 @@ def probe_encoder(encoder: torch.nn.Module, paired: PairedEEG, c: float = 1.0) -
     return {pooling: linear_probe(x[: len(train)], paired.label[train], x[len(train):], paired.label[val],
                                   len(paired.class_names), c)
             for pooling, x in features.items()}
+
+
+def probe_with_random_init(encoder: EEGEncoder, paired: PairedEEG, seed: int, c: float = 1.0) -> tuple[dict, dict]:
+    """Probes (per pooling) of `encoder` and of a fresh encoder of its config seeded with `seed`."""
+    trained = probe_encoder(encoder, paired, c)
+    torch.manual_seed(seed)
+    return trained, probe_encoder(EEGEncoder(encoder.config), paired, c)

@@ -10,17 +10,15 @@ import csv
 import shutil
 from pathlib import Path
 
-import torch
-
 from dreamdiffusion.cli import run_stage
 from dreamdiffusion.config import to_dict
 from dreamdiffusion.data.processed import load_corpus, load_paired_eeg
 from dreamdiffusion.io import DataError, atomic_path, finite_metrics, sha256_file, write_json
-from dreamdiffusion.mae import EEGEncoder, save_encoder
+from dreamdiffusion.mae import save_encoder
 from dreamdiffusion.mae.model import count_parameters
 from dreamdiffusion.mae.plots import reconstruction_figure
 from dreamdiffusion.mae.train import PretrainConfig, split_by_recording, split_counts, train
-from dreamdiffusion.probe import probe_encoder
+from dreamdiffusion.probe import probe_with_random_init
 from dreamdiffusion.tracking import TrackingConfig, project_root
 
 PARAMS = {"seed": int, "tracking": TrackingConfig, "pretrain": PretrainConfig}
@@ -49,10 +47,7 @@ def write_losses(history: list[dict], path: Path) -> None:
 def probes(model, config: PretrainConfig, seed: int) -> dict:
     """Linear probes (cls token: `probe_*`; mean of the tokens: `probe_mean_*`) of the trained
     encoder and of a random-init encoder of the same config."""
-    paired = read(load_paired_eeg, PAIRED)
-    trained = probe_encoder(model.encoder, paired, config.probe_c)
-    torch.manual_seed(seed)
-    random_init = probe_encoder(EEGEncoder(model.config), paired, config.probe_c)
+    trained, random_init = probe_with_random_init(model.encoder, read(load_paired_eeg, PAIRED), seed, config.probe_c)
     metrics = {}
     for pooling, prefix in (("cls", "probe"), ("mean", "probe_mean")):
         for k in ("top1", "top5"):

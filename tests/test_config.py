@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from dreamdiffusion.config import ConfigError, load_params, param, parse_config
+from dreamdiffusion.config import ConfigError, load_params, param, parse_config, with_overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,3 +59,14 @@ def test_load_params_reads_only_declared_sections(tmp_path):
     path.write_text("seed: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(path, {"seed": int})
+
+
+def test_with_overrides_sets_nested_keys_and_revalidates():
+    config = parse_config(Example, {}, "ex")
+    changed = with_overrides(config, ["steps=3", "inner.depth=5", "bands=[1.0, 2.0]"], "ex")
+    assert (changed.steps, changed.inner.depth, changed.bands) == (3, 5, [1.0, 2.0])
+    assert config.steps == 10 and config.inner.depth == 2  # the original is untouched
+    for bad, needle in (("steps=0", "ex.steps"), ("stepz=3", r"unknown key\(s\) stepz"),
+                        ("steps.x=1", "'steps' is not a section"), ("steps", "key=value")):
+        with pytest.raises(ConfigError, match=needle):
+            with_overrides(config, [bad], "ex")

@@ -18,7 +18,7 @@ from dreamdiffusion.io import DataError
 from dreamdiffusion.mae import MAEConfig, load_encoder
 from dreamdiffusion.mae.model import EEGEncoder
 from dreamdiffusion.mae.train import PretrainConfig, latest_checkpoint, run_key, split_by_recording, train
-from dreamdiffusion.probe import linear_probe, pooled_features, probe_encoder
+from dreamdiffusion.probe import linear_probe, pooled_features, probe_encoder, probe_with_random_init
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -160,6 +160,24 @@ def test_probe_never_reads_test_trials():
     for pooled in result.values():
         assert pooled["train_trials"] == 40 and pooled["val_trials"] == 10
         assert 0 <= pooled["top1"] <= pooled["top5"] <= 1
+
+
+
+def test_random_init_baseline_is_the_seeded_fresh_encoder():
+    rng = np.random.default_rng(0)
+    n = 60
+    label = np.arange(n) % 3
+    eeg = (rng.normal(size=(n, 4, 32)) + label[:, None, None]).astype(np.float32)
+    paired = PairedEEG(eeg=eeg, label=label, image_index=np.arange(n), subject=np.ones(n), trial=np.arange(n),
+                       split=np.array([0, 0, 0, 1] * 15, dtype=np.int8), class_names=["a", "b", "c"])
+    torch.manual_seed(7)
+    encoder = EEGEncoder(MODEL)
+    trained, random_init = probe_with_random_init(encoder, paired, seed=7)
+    assert trained == random_init  # seed 7 rebuilds exactly this encoder
+    with torch.no_grad():  # "train" it: the baseline must not follow the encoder's weights
+        encoder.patch_embed.weight.mul_(-3.0)
+    _, random_after = probe_with_random_init(encoder, paired, seed=7)
+    assert random_after == random_init and set(random_init) == {"cls", "mean"}
 
 
 class FixedTokens(torch.nn.Module):
