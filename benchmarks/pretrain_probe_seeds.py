@@ -5,9 +5,11 @@
 
 Trains the `pretrain` params section (with -S overrides, dotted keys inside it) on the processed
 corpus for each seed, exactly as the stage does (no checkpoints), then probes the frozen encoder
-and a random-init encoder of the same config (cls token and mean of the tokens; paired train ->
-val, never test). Prints one row per seed and the gain as mean +- std over seeds. Needs
-data/processed/{corpus,eeg}.h5 (`dvc repro preprocess`).
+and random-init encoders of the same config (`probe_random_inits` of them, averaged, as the stage
+does; cls token and mean of the tokens). Two estimates per probe: paired train -> val (the stage's
+metric, 159 val trials in the demo) and 5-fold cross-validation on the train split grouped by
+stimulus image (lower variance); test trials are never read. Prints one row per seed and each gain
+as mean +- std over seeds. Needs data/processed/{corpus,eeg}.h5 (`dvc repro preprocess`).
 """
 from __future__ import annotations
 
@@ -27,28 +29,46 @@ def main() -> None:
     from dreamdiffusion.config import load_params, with_overrides
     from dreamdiffusion.data.processed import load_corpus, load_paired_eeg
     from dreamdiffusion.mae.train import PretrainConfig, train
-    from dreamdiffusion.probe import POOLINGS, probe_with_random_init
+    from dreamdiffusion.probe import (POOLINGS, cross_validated_probe, pooled_features, probe_with_random_init,
+                                      random_init_encoders)
 
     config = with_overrides(load_params(args.params, {"pretrain": PretrainConfig})["pretrain"], args.overrides, "pretrain")
-    corpus, paired = load_corpus("data/processed/corpus.h5"), load_paired_eeg("data/processed/eeg.h5")
-    print(f"corpus {len(corpus.eeg)} windows from {sorted(set(corpus.sources))}; overrides {args.overrides or 'none'}")
-    print("seed  seconds  val_mse  " + "  ".join(f"{p}: trained random gain" for p in POOLINGS))
-    gains = {pooling: [] for pooling in POOLINGS}
+    corpus = load_corpus("data/processed/corpus.h5")
+    paired = load_paired_eeg("data/processed/eeg.h5", splits=("train", "val"))
+    train_rows = paired.subset("train")
+
+    def cv_top1(encoder) -> dict:
+        """Grouped-CV probe top-1 on the train split, per pooling."""
+        features = pooled_features(encoder, paired.eeg[train_rows])
+        return {p: cross_validated_probe(x, paired.label[train_rows], paired.image_index[train_rows], c=config.probe_c)
+                for p, x in features.items()}
+
+    def random_cv(seed: int) -> dict:
+        """The grouped-CV probe averaged over the same random-init encoders as the val probe."""
+        runs = [cv_top1(fresh) for fresh in random_init_encoders(config.resolved_model(), seed, config.probe_random_inits)]
+        return {p: float(np.mean([run[p] for run in runs])) for p in POOLINGS}
+
+    print(f"corpus {len(corpus.eeg)} windows from {sorted(set(corpus.sources))}; overrides {args.overrides or 'none'}; "
+          f"random-init baseline over {config.probe_random_inits} encoders")
+    print("seed  seconds  val_mse  " + "  ".join(f"{p}: trained/random val (cv)" for p in POOLINGS))
+    gains = {(pooling, kind): [] for pooling in POOLINGS for kind in ("val", "cv")}
     for seed in args.seeds:
         start = time.perf_counter()
         result = train(config, corpus, seed)
         seconds = time.perf_counter() - start
-        trained, random_init = probe_with_random_init(result.model.encoder, paired, seed, config.probe_c)
+        trained, random_init = probe_with_random_init(result.model.encoder, paired, seed, config.probe_c,
+                                                      config.probe_random_inits)
+        trained_cv, random_init_cv = cv_top1(result.model.encoder), random_cv(seed)
         cells = []
         for pooling in POOLINGS:
-            gain = trained[pooling]["top1"] - random_init[pooling]["top1"]
-            gains[pooling].append(gain)
-            cells.append(f"{pooling}: {trained[pooling]['top1']:.3f} {random_init[pooling]['top1']:.3f} {gain:+.3f}")
+            gains[pooling, "val"].append(trained[pooling]["top1"] - random_init[pooling]["top1"])
+            gains[pooling, "cv"].append(trained_cv[pooling] - random_init_cv[pooling])
+            cells.append(f"{pooling}: {trained[pooling]['top1']:.3f}/{random_init[pooling]['top1']:.3f} "
+                         f"({trained_cv[pooling]:.3f}/{random_init_cv[pooling]:.3f})")
         print(f"{seed:4d}  {seconds:7.1f}  {result.history[-1]['val_loss']:.3f}  " + "  ".join(cells), flush=True)
-    for pooling, values in gains.items():
-        print(f"{pooling} probe gain over random init: {np.mean(values):+.3f} +- {np.std(values):.3f} "
+    for (pooling, kind), values in gains.items():
+        print(f"{pooling} probe gain over random init ({kind}): {np.mean(values):+.3f} +- {np.std(values):.3f} "
               f"(min {min(values):+.3f}, {len(values)} seeds)")
-
 
 if __name__ == "__main__":
     main()

@@ -46,16 +46,18 @@ def write_losses(history: list[dict], path: Path) -> None:
 
 def probes(model, config: PretrainConfig, seed: int) -> dict:
     """Linear probes (cls token: `probe_*`; mean of the tokens: `probe_mean_*`) of the trained
-    encoder and of a random-init encoder of the same config."""
-    trained, random_init = probe_with_random_init(model.encoder, read(load_paired_eeg, PAIRED), seed, config.probe_c)
+    encoder and, averaged over `probe_random_inits` of them, of random-init encoders of its config."""
+    trained, random_init = probe_with_random_init(model.encoder, read(load_paired_eeg, PAIRED), seed,
+                                                  config.probe_c, config.probe_random_inits)
     metrics = {}
     for pooling, prefix in (("cls", "probe"), ("mean", "probe_mean")):
         for k in ("top1", "top5"):
             metrics[f"{prefix}_{k}"] = trained[pooling][k]
             metrics[f"{prefix}_{k}_random_init"] = random_init[pooling][k]
+        metrics[f"{prefix}_top1_random_init_std"] = random_init[pooling]["top1_std"]
     first = trained["cls"]
     return {**metrics, "chance": first["chance"], "probe_train_trials": first["train_trials"],
-            "probe_val_trials": first["val_trials"]}
+            "probe_val_trials": first["val_trials"], "probe_random_inits": config.probe_random_inits}
 
 
 def main(params: dict, run) -> dict:

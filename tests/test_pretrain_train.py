@@ -18,7 +18,8 @@ from dreamdiffusion.io import DataError
 from dreamdiffusion.mae import MAEConfig, load_encoder
 from dreamdiffusion.mae.model import EEGEncoder
 from dreamdiffusion.mae.train import PretrainConfig, latest_checkpoint, run_key, split_by_recording, train
-from dreamdiffusion.probe import linear_probe, pooled_features, probe_encoder, probe_with_random_init
+from dreamdiffusion.probe import (cross_validated_probe, linear_probe, pooled_features, probe_encoder,
+                                 probe_with_random_init)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -173,11 +174,45 @@ def test_random_init_baseline_is_the_seeded_fresh_encoder():
     torch.manual_seed(7)
     encoder = EEGEncoder(MODEL)
     trained, random_init = probe_with_random_init(encoder, paired, seed=7)
-    assert trained == random_init  # seed 7 rebuilds exactly this encoder
+    for pooling in ("cls", "mean"):  # seed 7 rebuilds exactly this encoder
+        assert {k: random_init[pooling][k] for k in trained[pooling]} == trained[pooling]
     with torch.no_grad():  # "train" it: the baseline must not follow the encoder's weights
         encoder.patch_embed.weight.mul_(-3.0)
     _, random_after = probe_with_random_init(encoder, paired, seed=7)
     assert random_after == random_init and set(random_init) == {"cls", "mean"}
+    assert random_init["cls"]["top1_std"] == 0.0 and random_init["cls"]["inits"] == 1
+
+
+def test_random_init_baseline_averages_over_inits():
+    rng = np.random.default_rng(0)
+    n = 120
+    label = np.arange(n) % 3
+    eeg = (rng.normal(size=(n, 4, 32)) + 0.3 * label[:, None, None]).astype(np.float32)
+    paired = PairedEEG(eeg=eeg, label=label, image_index=np.arange(n), subject=np.ones(n), trial=np.arange(n),
+                       split=np.array([0, 0, 0, 1] * 30, dtype=np.int8), class_names=["a", "b", "c"])
+    encoder = EEGEncoder(MODEL)
+    singles = [probe_with_random_init(encoder, paired, seed=s)[1] for s in (7, 8, 9)]
+    _, averaged = probe_with_random_init(encoder, paired, seed=7, inits=3)
+    for pooling in ("cls", "mean"):
+        top1 = [single[pooling]["top1"] for single in singles]
+        assert averaged[pooling]["top1"] == pytest.approx(np.mean(top1))
+        assert averaged[pooling]["top1_std"] == pytest.approx(np.std(top1))
+        assert averaged[pooling]["top5"] == pytest.approx(np.mean([single[pooling]["top5"] for single in singles]))
+    assert len({single["cls"]["top1"] for single in singles}) > 1  # the inits differ, so the mean is a real average
+
+
+def test_cross_validated_probe_keeps_groups_apart():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(60), 4)  # 60 "images", 4 trials each
+    labels = groups % 3
+    image_code = rng.normal(size=(60, 40))
+    # features identify the image but carry no class beyond it: a held-out image's code is never
+    # seen in training, so only a fold that splits an image's trials scores above chance
+    # (ungrouped 5-fold CV of the same features scores 0.95-1.0)
+    memorised = image_code[groups] + 0.01 * rng.normal(size=(240, 40))
+    assert cross_validated_probe(memorised, labels, groups) < 0.5
+    separable = rng.normal(size=(240, 8)) + 3 * np.eye(8)[labels]
+    assert cross_validated_probe(separable, labels, groups) > 0.95
 
 
 class FixedTokens(torch.nn.Module):
@@ -234,7 +269,8 @@ def test_pretrain_stage_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics/pretrain.json").read_text())
     for key in ("train_mse", "val_mse", "params", "samples_per_s", "probe_top1", "probe_top5",
-                "probe_top1_random_init", "probe_mean_top1", "probe_mean_top1_random_init", "chance"):
+                "probe_top1_random_init", "probe_top1_random_init_std", "probe_mean_top1",
+                "probe_mean_top1_random_init", "probe_mean_top1_random_init_std", "chance"):
         assert isinstance(metrics[key], (int, float)), key
     assert metrics["chance"] == pytest.approx(1 / 3) and metrics["epochs"] == 3
     encoder, config = load_encoder(tmp_path / "models/pretrain")

@@ -29,7 +29,7 @@ from .engine import evaluate, lr_at, train_one_epoch
 from .model import MAEConfig, MaskedAutoencoder, param_groups
 
 # Fields that do not change what is trained: they stay out of the resume key.
-NOT_IN_RUN_KEY = ("checkpoint_every", "log_every", "probe_c", "figure_channels", "cpu_threads")
+NOT_IN_RUN_KEY = ("checkpoint_every", "log_every", "probe_c", "probe_random_inits", "figure_channels", "cpu_threads")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class PretrainConfig:
     checkpoint_every: int = param(5, min=1, help="epochs between resume checkpoints")
     log_every: int = param(1, min=1, help="log step loss / lr to MLflow every this many steps")
     probe_c: float = param(1.0, min=1e-6, help="inverse L2 strength of the linear probe")
+    probe_random_inits: int = param(3, min=1, help="random-init encoders the probe baseline averages over")
     figure_channels: int = param(4, min=1, help="channels drawn in the reconstruction figure")
 
     def resolved_model(self) -> MAEConfig:
