@@ -70,5 +70,6 @@ def main() -> None:
         print(f"{pooling} probe gain over random init ({kind}): {np.mean(values):+.3f} +- {np.std(values):.3f} "
               f"(min {min(values):+.3f}, {len(values)} seeds)")
 
+
 if __name__ == "__main__":
     main()

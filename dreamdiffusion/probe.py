@@ -34,10 +34,15 @@ def pooled_features(encoder: torch.nn.Module, eeg: np.ndarray, batch_size: int =
     return {pooling: torch.cat(parts).numpy() for pooling, parts in features.items()}
 
 
+def probe_classifier(c: float = 1.0):
+    """The probe: standardised features into multinomial logistic regression (inverse L2 strength `c`)."""
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+
+
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
                  num_classes: int, c: float = 1.0) -> dict:
     """Fit standardised multinomial logistic regression; top-1/top-5 accuracy on val."""
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+    classifier = probe_classifier(c)
     classifier.fit(train_x, train_y)
     scores = classifier.predict_proba(val_x)
     labels = classifier[-1].classes_
@@ -88,5 +93,4 @@ def cross_validated_probe(features: np.ndarray, labels: np.ndarray, groups: np.n
     stimulus image, so no image is in two folds): a lower-variance estimate on one split."""
     from sklearn.model_selection import GroupKFold, cross_val_score
 
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-    return float(cross_val_score(classifier, features, labels, groups=groups, cv=GroupKFold(folds)).mean())
+    return float(cross_val_score(probe_classifier(c), features, labels, groups=groups, cv=GroupKFold(folds)).mean())

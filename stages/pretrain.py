@@ -8,6 +8,7 @@ Multi-GPU: `accelerate launch stages/pretrain.py`; only the main process writes 
 """
 import csv
 import shutil
+from functools import partial
 from pathlib import Path
 
 from dreamdiffusion.cli import run_stage
@@ -47,8 +48,8 @@ def write_losses(history: list[dict], path: Path) -> None:
 def probes(model, config: PretrainConfig, seed: int) -> dict:
     """Linear probes (cls token: `probe_*`; mean of the tokens: `probe_mean_*`) of the trained
     encoder and, averaged over `probe_random_inits` of them, of random-init encoders of its config."""
-    trained, random_init = probe_with_random_init(model.encoder, read(load_paired_eeg, PAIRED), seed,
-                                                  config.probe_c, config.probe_random_inits)
+    paired = read(partial(load_paired_eeg, splits=("train", "val")), PAIRED)  # test rows are never read
+    trained, random_init = probe_with_random_init(model.encoder, paired, seed, config.probe_c, config.probe_random_inits)
     metrics = {}
     for pooling, prefix in (("cls", "probe"), ("mean", "probe_mean")):
         for k in ("top1", "top5"):
