@@ -29,25 +29,11 @@ def main() -> None:
     from dreamdiffusion.config import load_params, with_overrides
     from dreamdiffusion.data.processed import load_corpus, load_paired_eeg
     from dreamdiffusion.mae.train import PretrainConfig, train
-    from dreamdiffusion.probe import (POOLINGS, cross_validated_probe, pooled_features, probe_with_random_init,
-                                      random_init_encoders)
+    from dreamdiffusion.probe import POOLINGS, probe_with_random_init
 
     config = with_overrides(load_params(args.params, {"pretrain": PretrainConfig})["pretrain"], args.overrides, "pretrain")
     corpus = load_corpus("data/processed/corpus.h5")
     paired = load_paired_eeg("data/processed/eeg.h5", splits=("train", "val"))
-    train_rows = paired.subset("train")
-
-    def cv_top1(encoder) -> dict:
-        """Grouped-CV probe top-1 on the train split, per pooling."""
-        features = pooled_features(encoder, paired.eeg[train_rows])
-        return {p: cross_validated_probe(x, paired.label[train_rows], paired.image_index[train_rows], c=config.probe_c)
-                for p, x in features.items()}
-
-    def random_cv(seed: int) -> dict:
-        """The grouped-CV probe averaged over the same random-init encoders as the val probe."""
-        runs = [cv_top1(fresh) for fresh in random_init_encoders(config.resolved_model(), seed, config.probe_random_inits)]
-        return {p: float(np.mean([run[p] for run in runs])) for p in POOLINGS}
-
     print(f"corpus {len(corpus.eeg)} windows from {sorted(set(corpus.sources))}; overrides {args.overrides or 'none'}; "
           f"random-init baseline over {config.probe_random_inits} encoders")
     print("seed  seconds  val_mse  " + "  ".join(f"{p}: trained/random val (cv)" for p in POOLINGS))
@@ -57,14 +43,13 @@ def main() -> None:
         result = train(config, corpus, seed)
         seconds = time.perf_counter() - start
         trained, random_init = probe_with_random_init(result.model.encoder, paired, seed, config.probe_c,
-                                                      config.probe_random_inits)
-        trained_cv, random_init_cv = cv_top1(result.model.encoder), random_cv(seed)
+                                                      config.probe_random_inits, cross_validate=True)
         cells = []
         for pooling in POOLINGS:
             gains[pooling, "val"].append(trained[pooling]["top1"] - random_init[pooling]["top1"])
-            gains[pooling, "cv"].append(trained_cv[pooling] - random_init_cv[pooling])
+            gains[pooling, "cv"].append(trained[pooling]["cv_top1"] - random_init[pooling]["cv_top1"])
             cells.append(f"{pooling}: {trained[pooling]['top1']:.3f}/{random_init[pooling]['top1']:.3f} "
-                         f"({trained_cv[pooling]:.3f}/{random_init_cv[pooling]:.3f})")
+                         f"({trained[pooling]['cv_top1']:.3f}/{random_init[pooling]['cv_top1']:.3f})")
         print(f"{seed:4d}  {seconds:7.1f}  {result.history[-1]['val_loss']:.3f}  " + "  ".join(cells), flush=True)
     for (pooling, kind), values in gains.items():
         print(f"{pooling} probe gain over random init ({kind}): {np.mean(values):+.3f} +- {np.std(values):.3f} "

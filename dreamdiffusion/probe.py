@@ -54,15 +54,22 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
             "chance": 1.0 / num_classes, "train_trials": int(len(train_y)), "val_trials": int(len(val_y))}
 
 
-def probe_encoder(encoder: torch.nn.Module, paired: PairedEEG, c: float = 1.0) -> dict[str, dict]:
-    """Linear probe of `encoder` on the paired train split, scored on val (never test), per pooling."""
+def probe_encoder(encoder: torch.nn.Module, paired: PairedEEG, c: float = 1.0,
+                  cross_validate: bool = False) -> dict[str, dict]:
+    """Linear probe of `encoder` on the paired train split, scored on val (never test), per pooling;
+    with `cross_validate`, also `cv_top1`: grouped-by-image CV on the train split's same features."""
     train, val = paired.subset("train"), paired.subset("val")
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"probe: paired EEG has {len(train)} train and {len(val)} val trials; both must be non-empty")
     features = pooled_features(encoder, paired.eeg[np.concatenate([train, val])])
-    return {pooling: linear_probe(x[: len(train)], paired.label[train], x[len(train):], paired.label[val],
-                                  len(paired.class_names), c)
-            for pooling, x in features.items()}
+    results = {}
+    for pooling, x in features.items():
+        results[pooling] = linear_probe(x[: len(train)], paired.label[train], x[len(train):], paired.label[val],
+                                        len(paired.class_names), c)
+        if cross_validate:
+            results[pooling]["cv_top1"] = cross_validated_probe(x[: len(train)], paired.label[train],
+                                                                paired.image_index[train], c=c)
+    return results
 
 
 def random_init_encoders(config, seed: int, inits: int):
@@ -73,17 +80,18 @@ def random_init_encoders(config, seed: int, inits: int):
 
 
 def probe_with_random_init(encoder: EEGEncoder, paired: PairedEEG, seed: int, c: float = 1.0,
-                           inits: int = 1) -> tuple[dict, dict]:
+                           inits: int = 1, cross_validate: bool = False) -> tuple[dict, dict]:
     """Probes (per pooling) of `encoder` and of `inits` fresh encoders of its config, seeded
     `seed`, `seed + 1`, ... (the first is the trained encoder's own starting point). The
-    random-init side holds the mean top-1/top-5 over those encoders and `top1_std`."""
-    trained = probe_encoder(encoder, paired, c)
-    runs = [probe_encoder(fresh, paired, c) for fresh in random_init_encoders(encoder.config, seed, inits)]
+    random-init side holds each score's mean over those encoders and `top1_std`."""
+    trained = probe_encoder(encoder, paired, c, cross_validate)
+    runs = [probe_encoder(fresh, paired, c, cross_validate)
+            for fresh in random_init_encoders(encoder.config, seed, inits)]
     random_init = {}
     for pooling, first in runs[0].items():
-        top1 = [run[pooling]["top1"] for run in runs]
-        random_init[pooling] = {**first, "top1": float(np.mean(top1)), "top1_std": float(np.std(top1)),
-                                "top5": float(np.mean([run[pooling]["top5"] for run in runs])), "inits": inits}
+        scores = {k: float(np.mean([run[pooling][k] for run in runs])) for k in ("top1", "top5", "cv_top1") if k in first}
+        random_init[pooling] = {**first, **scores, "inits": inits,
+                                "top1_std": float(np.std([run[pooling]["top1"] for run in runs]))}
     return trained, random_init
 
 

@@ -168,3 +168,17 @@ def test_corpus_errors_name_the_problem(tmp_path):
     with pytest.raises(DataError, match="no windows of 512 samples"):
         write_fif(tmp_path / "corpus" / "short" / "s_raw.fif", 4, 100.0, 0.4)  # 400 samples at 1 kHz
         build_corpus(tmp_path / "corpus", ["short"], None, CorpusSettings(bandpass=()))
+
+
+@pytest.mark.parametrize("rows", [[0], [3, 4, 5], [0, 2, 3, 4, 9, 11], list(range(12))])
+def test_read_rows_reads_runs_exactly_like_point_selection(tmp_path, rows):
+    import h5py
+
+    from dreamdiffusion.data.processed import read_rows
+
+    values = np.arange(12 * 2 * 3, dtype=np.float32).reshape(12, 2, 3)
+    with h5py.File(tmp_path / "x.h5", "w") as h5:
+        h5.create_dataset("eeg", data=values, chunks=(1, 2, 3))
+    with h5py.File(tmp_path / "x.h5", "r") as h5:
+        np.testing.assert_array_equal(read_rows(h5["eeg"], np.array(rows)), values[rows])
+        assert read_rows(h5["eeg"], np.array([], dtype=int)).shape == (0, 2, 3)

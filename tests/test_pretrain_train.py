@@ -191,14 +191,34 @@ def test_random_init_baseline_averages_over_inits():
     paired = PairedEEG(eeg=eeg, label=label, image_index=np.arange(n), subject=np.ones(n), trial=np.arange(n),
                        split=np.array([0, 0, 0, 1] * 30, dtype=np.int8), class_names=["a", "b", "c"])
     encoder = EEGEncoder(MODEL)
-    singles = [probe_with_random_init(encoder, paired, seed=s)[1] for s in (7, 8, 9)]
-    _, averaged = probe_with_random_init(encoder, paired, seed=7, inits=3)
+    singles = [probe_with_random_init(encoder, paired, seed=s, cross_validate=True)[1] for s in (7, 8, 9)]
+    _, averaged = probe_with_random_init(encoder, paired, seed=7, inits=3, cross_validate=True)
     for pooling in ("cls", "mean"):
         top1 = [single[pooling]["top1"] for single in singles]
         assert averaged[pooling]["top1"] == pytest.approx(np.mean(top1))
         assert averaged[pooling]["top1_std"] == pytest.approx(np.std(top1))
-        assert averaged[pooling]["top5"] == pytest.approx(np.mean([single[pooling]["top5"] for single in singles]))
+        for key in ("top5", "cv_top1"):
+            assert averaged[pooling][key] == pytest.approx(np.mean([single[pooling][key] for single in singles]))
     assert len({single["cls"]["top1"] for single in singles}) > 1  # the inits differ, so the mean is a real average
+
+
+def test_probe_cross_validates_the_train_features_grouped_by_image():
+    rng = np.random.default_rng(0)
+    n = 120
+    label = np.arange(n) % 3
+    eeg = (rng.normal(size=(n, 4, 32)) + 0.3 * label[:, None, None]).astype(np.float32)
+    split = np.array([0, 0, 0, 1] * 30, dtype=np.int8)
+    image = np.arange(n) // 2
+    paired = PairedEEG(eeg=eeg, label=label, image_index=image, subject=np.ones(n), trial=np.arange(n),
+                       split=split, class_names=["a", "b", "c"])
+    encoder = EEGEncoder(MODEL)
+    result = probe_encoder(encoder, paired, cross_validate=True)
+    train = paired.subset("train")
+    features = pooled_features(encoder, eeg[train])
+    for pooling in ("cls", "mean"):
+        assert result[pooling]["cv_top1"] == pytest.approx(
+            cross_validated_probe(features[pooling], label[train], image[train]))
+    assert "cv_top1" not in probe_encoder(encoder, paired)["cls"]
 
 
 def test_cross_validated_probe_keeps_groups_apart():

@@ -112,6 +112,16 @@ class PairedEEG:
         return np.flatnonzero(self.split == split_code(split))
 
 
+def read_rows(dataset, rows) -> np.ndarray:
+    """`dataset[rows]` for sorted row indices, read as contiguous runs (one slice per run):
+    h5py's point selection reads row by row and is ~5x slower on eeg.h5."""
+    if isinstance(rows, slice) or len(rows) == 0:
+        return dataset[rows]
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts, ends = np.r_[0, breaks], np.r_[breaks, len(rows)]
+    return np.concatenate([dataset[rows[a]: rows[b - 1] + 1] for a, b in zip(starts, ends)])
+
+
 def load_paired_eeg(path: str | Path, splits: tuple[str, ...] | None = None) -> PairedEEG:
     """Read eeg.h5; with `splits`, only the rows of those splits are read from disk at all
     (so a stage that must not see the test split never loads it)."""
@@ -119,7 +129,7 @@ def load_paired_eeg(path: str | Path, splits: tuple[str, ...] | None = None) -> 
         split = h5["split"][()].astype(np.int8)
         rows = slice(None) if splits is None else np.flatnonzero(np.isin(split, [split_code(s) for s in splits]))
         return PairedEEG(
-            eeg=h5["eeg"][rows], label=h5["label"][rows], image_index=h5["image_index"][rows],
+            eeg=read_rows(h5["eeg"], rows), label=h5["label"][rows], image_index=h5["image_index"][rows],
             subject=h5["subject"][rows], trial=h5["trial"][rows], split=split[rows],
             class_names=_strings(h5["class_names"]),
         )
