@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export MPLBACKEND := Agg
 
-.PHONY: setup repro test ui clean-venv
+.PHONY: setup repro test test-realscale ui clean-venv
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -27,6 +27,11 @@ repro: setup
 
 test: setup
 	pytest -q
+
+# Every stage at the real model shapes (random weights; ~9 GB of model files built once into
+# .pytest_cache): separate from `make test` for its time. CI runs both.
+test-realscale: setup
+	pytest -q -s -m realscale
 
 ui: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui \

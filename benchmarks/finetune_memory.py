@@ -18,14 +18,6 @@ import subprocess
 import sys
 import time
 
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-)
-
-
 def rss_mib() -> float:
     """Peak resident set size of this process so far, MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -37,10 +29,11 @@ def one_config(args) -> dict:
     from diffusers import UNet2DConditionModel
 
     from dreamdiffusion.finetune.trainable import count_parameters, set_unet_trainable
+    from dreamdiffusion.foundation.shapes import sd15_unet_config
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    unet = UNet2DConditionModel(**SD15_UNET).to(device)
+    unet = UNet2DConditionModel(**sd15_unet_config(args.resolution)).to(device)
     if args.checkpointing:
         unet.enable_gradient_checkpointing()
     trainable = set_unet_trainable(unet, "cross_attention")

@@ -1,11 +1,13 @@
 """What every stage entry point shares: typed params, one MLflow run, clean errors, timing."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 import traceback
 from typing import Any, Callable
 
+from .compute import is_main_process, relaunch
 from .config import ConfigError, load_params, to_dict
 from .io import DataError
 from .tracking import project_root, stage_run
@@ -13,20 +15,34 @@ from .tracking import project_root, stage_run
 PARAMS_FILE = "params.yaml"
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (MiB; Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def _plain(value):
     return to_dict(value) if hasattr(value, "__dataclass_fields__") else value
 
 
 def run_stage(name: str, spec: dict[str, Any], body: Callable[[dict, Any], dict],
-              params_file: str = PARAMS_FILE) -> None:
+              params_file: str = PARAMS_FILE, distributed: bool = False) -> None:
     """Load `spec` from the params file, open the stage's MLflow run, call `body(params, run)`
-    (which returns the stage's metrics) and exit non-zero with a one-line message on bad input."""
+    (which returns the stage's metrics) and exit non-zero with a one-line message on bad input.
+
+    A `distributed` stage with `compute.processes` > 1 runs again under `accelerate launch`; of
+    the launched processes only rank 0 logs to MLflow (and, by the stage's own rule, writes)."""
     start = time.perf_counter()
     try:
         params = load_params(params_file, spec)
-        with stage_run(name, params["tracking"], {k: _plain(v) for k, v in params.items()}, project_root()) as run:
+        if distributed and (code := relaunch(params["compute"], sys.argv[0])) is not None:
+            sys.exit(code)
+        tracking = params["tracking"] if is_main_process() else dataclasses.replace(params["tracking"], enabled=False)
+        with stage_run(name, tracking, {k: _plain(v) for k, v in params.items()}, project_root()) as run:
             metrics = body(params, run) or {}
-            metrics = {"stage_seconds": round(time.perf_counter() - start, 2), **metrics}
+            metrics = {"stage_seconds": round(time.perf_counter() - start, 2), "peak_rss_mib": peak_rss_mib(),
+                       **metrics}
             run.log_metrics(metrics)
     except (ConfigError, DataError) as err:
         print(f"{name}: error: {err}", file=sys.stderr)
@@ -34,5 +50,6 @@ def run_stage(name: str, spec: dict[str, Any], body: Callable[[dict, Any], dict]
     except Exception:
         traceback.print_exc()
         sys.exit(1)
-    print(f"{name}: done in {time.perf_counter() - start:.1f} s")
+    if is_main_process():
+        print(f"{name}: done in {time.perf_counter() - start:.1f} s, peak RSS {peak_rss_mib():,.0f} MiB")
 

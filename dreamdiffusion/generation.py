@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
+from .progress import progress
 
 from .config import param
 
@@ -29,7 +29,9 @@ class GenerateConfig:
     scheduler: str = param("ddim", choices=["ddim", "pndm", "dpmsolver++"], help="pndm = the paper's PLMS")
     steps: int = param(25, min=1, help="sampling steps (paper: 250 PLMS)")
     guidance: float = param(3.0, min=1.0, help="classifier-free guidance scale (1 = none, as the paper)")
-    batch_size: int = param(50, min=1)
+    batch_size: int = param(50, min=1, help="images per sampling batch (UNet)")
+    decode_batch_size: int = param(16, min=1, help="latents per VAE decode call (the memory peak at 512 px)")
+    mixed_precision: str = param("fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype (bf16/fp16 on a GPU)")
     control_samples: int = param(1, min=0, help="images per trial from ANOTHER trial's EEG (0 = no control)")
     control_pairing: str = param("image", choices=["image", "class"],
                                  help="the partner trial shows another image (null: chance) or another class")
@@ -65,14 +67,19 @@ def plan(test_rows: dict, config: GenerateConfig, seed: int, partner: np.ndarray
     return records
 
 
-def generate_all(generator, eeg: np.ndarray, records: list[dict], config: GenerateConfig, out_dir: Path) -> None:
-    """Generate and write every planned image as PNG under `out_dir`."""
+def generate_all(generator, eeg, records: list[dict], config: GenerateConfig, out_dir: Path,
+                 dtype: torch.dtype | None = None) -> None:
+    """Generate and write every planned image as PNG under `out_dir`, a batch at a time, under
+    autocast to `dtype` when given (`eeg` (N, 128, 512) may be on disk: only each batch's trials are read)."""
     for kind in {r["kind"] for r in records}:
         (out_dir / kind).mkdir(parents=True, exist_ok=True)
-    for start in tqdm(range(0, len(records), config.batch_size), desc="generate", unit="batch"):
+    device_type = next(generator.unet.parameters()).device.type
+    for start in progress(range(0, len(records), config.batch_size), desc="generate", unit="batch"):
         batch = records[start : start + config.batch_size]
-        eeg_batch = torch.from_numpy(eeg[[r["eeg_row"] for r in batch]])
-        images = generator.images(eeg_batch, [r["seed"] for r in batch], config.scheduler, config.steps, config.guidance)
+        eeg_batch = torch.from_numpy(np.asarray(eeg[np.array([r["eeg_row"] for r in batch])], dtype=np.float32))
+        with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            images = generator.images(eeg_batch, [r["seed"] for r in batch], config.scheduler, config.steps,
+                                      config.guidance, config.decode_batch_size).float()
         for record, pixels in zip(batch, to_uint8(images)):
             Image.fromarray(pixels).save(out_dir / record["file"], format="PNG")
 

@@ -22,13 +22,15 @@ POOLINGS = ("cls", "mean")
 
 
 @torch.no_grad()
-def pooled_features(encoder: torch.nn.Module, eeg: np.ndarray, batch_size: int = 128) -> dict[str, np.ndarray]:
-    """Every pooling of the encoder's tokens for each window: (N, C, L) -> {pooling: (N, D)}."""
+def pooled_features(encoder: torch.nn.Module, eeg, rows: np.ndarray, batch_size: int = 128) -> dict[str, np.ndarray]:
+    """Every pooling of the encoder's tokens for windows `rows` of `eeg` (an array or on-disk,
+    read `batch_size` windows at a time, on the encoder's device): {pooling: (N, D)}."""
     encoder.eval()
     device = next(encoder.parameters()).device
     features = {pooling: [] for pooling in POOLINGS}
-    for i in range(0, len(eeg), batch_size):
-        tokens = encoder(torch.from_numpy(eeg[i : i + batch_size]).to(device), keep_cls=True).float().cpu()  # (B, 1+T, D)
+    for i in range(0, len(rows), batch_size):
+        batch = torch.from_numpy(np.asarray(eeg[rows[i : i + batch_size]], dtype=np.float32)).to(device)
+        tokens = encoder(batch, keep_cls=True).float().cpu()  # (B, 1+T, D)
         features["cls"].append(tokens[:, 0])
         features["mean"].append(tokens[:, 1:].mean(dim=1))
     return {pooling: torch.cat(parts).numpy() for pooling, parts in features.items()}
@@ -55,13 +57,13 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
 
 
 def probe_encoder(encoder: torch.nn.Module, paired: PairedEEG, c: float = 1.0,
-                  cross_validate: bool = False) -> dict[str, dict]:
+                  cross_validate: bool = False, batch_size: int = 128) -> dict[str, dict]:
     """Linear probe of `encoder` on the paired train split, scored on val (never test), per pooling;
     with `cross_validate`, also `cv_top1`: grouped-by-image CV on the train split's same features."""
     train, val = paired.subset("train"), paired.subset("val")
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"probe: paired EEG has {len(train)} train and {len(val)} val trials; both must be non-empty")
-    features = pooled_features(encoder, paired.eeg[np.concatenate([train, val])])
+    features = pooled_features(encoder, paired.eeg, np.concatenate([train, val]), batch_size)
     results = {}
     for pooling, x in features.items():
         results[pooling] = linear_probe(x[: len(train)], paired.label[train], x[len(train):], paired.label[val],
@@ -72,21 +74,23 @@ def probe_encoder(encoder: torch.nn.Module, paired: PairedEEG, c: float = 1.0,
     return results
 
 
-def random_init_encoders(config, seed: int, inits: int):
-    """`inits` fresh encoders of `config`, seeded `seed`, `seed + 1`, ... (built one at a time)."""
+def random_init_encoders(config, seed: int, inits: int, device="cpu"):
+    """`inits` fresh encoders of `config`, seeded `seed`, `seed + 1`, ... (built one at a time, on the CPU
+    so the weights do not depend on the device, then moved to `device`)."""
     for i in range(inits):
         torch.manual_seed(seed + i)
-        yield EEGEncoder(config)
+        yield EEGEncoder(config).to(device)
 
 
 def probe_with_random_init(encoder: EEGEncoder, paired: PairedEEG, seed: int, c: float = 1.0,
-                           inits: int = 1, cross_validate: bool = False) -> tuple[dict, dict]:
+                           inits: int = 1, cross_validate: bool = False, batch_size: int = 128) -> tuple[dict, dict]:
     """Probes (per pooling) of `encoder` and of `inits` fresh encoders of its config, seeded
     `seed`, `seed + 1`, ... (the first is the trained encoder's own starting point). The
     random-init side holds each score's mean over those encoders and `top1_std`."""
-    trained = probe_encoder(encoder, paired, c, cross_validate)
-    runs = [probe_encoder(fresh, paired, c, cross_validate)
-            for fresh in random_init_encoders(encoder.config, seed, inits)]
+    trained = probe_encoder(encoder, paired, c, cross_validate, batch_size)
+    device = next(encoder.parameters()).device
+    runs = [probe_encoder(fresh, paired, c, cross_validate, batch_size)
+            for fresh in random_init_encoders(encoder.config, seed, inits, device)]
     random_init = {}
     for pooling, first in runs[0].items():
         scores = {k: float(np.mean([run[pooling][k] for run in runs])) for k in ("top1", "top5", "cv_top1") if k in first}

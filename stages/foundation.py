@@ -5,13 +5,14 @@ Reads only data/processed/images.h5 (train + extra images to train, val to measu
 from pathlib import Path
 
 from dreamdiffusion.cli import run_stage
+from dreamdiffusion.compute import ComputeConfig, apply_threads, resolve_device
 from dreamdiffusion.data.processed import load_images
 from dreamdiffusion.foundation.build import build_foundation
 from dreamdiffusion.foundation.config import FoundationConfig
 from dreamdiffusion.io import DataError, atomic_path, finite_metrics, write_json
 from dreamdiffusion.tracking import TrackingConfig
 
-PARAMS = {"seed": int, "tracking": TrackingConfig, "foundation": FoundationConfig}
+PARAMS = {"seed": int, "tracking": TrackingConfig, "compute": ComputeConfig, "foundation": FoundationConfig}
 IMAGES = Path("data/processed/images.h5")
 MODELS = Path("models/foundation")
 METRICS = Path("metrics/foundation.json")
@@ -23,9 +24,11 @@ def main(params: dict, run) -> dict:
         images = load_images(IMAGES)
     except (OSError, KeyError) as err:
         raise DataError(f"{IMAGES}: cannot read ({err}); run the `preprocess` stage first") from None
+    apply_threads(params["compute"])
     with atomic_path(MODELS) as out:
         out.mkdir()
-        metrics, figures = build_foundation(images, params["foundation"], params["seed"], out)
+        metrics, figures = build_foundation(images, params["foundation"], params["seed"], out,
+                                            str(resolve_device(params["compute"])))
     for name, path in FIGURES.items():
         with atomic_path(path) as tmp:
             figures[name].save(tmp, format="PNG")

@@ -2,8 +2,7 @@
 from pathlib import Path
 
 from dreamdiffusion.cli import run_stage
-from dreamdiffusion.data.preprocess import PreprocessConfig, run_preprocess
-from dreamdiffusion.data.processed import write_h5
+from dreamdiffusion.data.preprocess import PreprocessConfig, ProcessedPaths, run_preprocess
 from dreamdiffusion.io import atomic_path, write_json
 from dreamdiffusion.plots import raw_vs_processed
 from dreamdiffusion.tracking import TrackingConfig
@@ -15,13 +14,9 @@ METRICS, FIGURE = Path("metrics/preprocess.json"), Path("metrics/preprocess_tria
 
 def main(params: dict, run) -> dict:
     config: PreprocessConfig = params["preprocess"]
-    result = run_preprocess(RAW_DIR, config)
-    attrs = {"image_size": config.image_size}
-    for name, arrays, chunked in (("images", result.images, ()), ("eeg", result.eeg, ("eeg",)),
-                                  ("corpus", result.corpus, ())):
-        with atomic_path(OUT_DIR / f"{name}.h5") as tmp:
-            write_h5(tmp, arrays, attrs if name == "images" else {"samples": config.samples},
-                     chunk_first=chunked)
+    with atomic_path(OUT_DIR / "images.h5") as images, atomic_path(OUT_DIR / "eeg.h5") as eeg, \
+            atomic_path(OUT_DIR / "corpus.h5") as corpus:
+        result = run_preprocess(RAW_DIR, config, ProcessedPaths(images=images, eeg=eeg, corpus=corpus))
     raw_vs_processed(result.examples, config.sample_rate, (config.crop_start, config.crop_end), FIGURE)
     write_json(METRICS, result.report)
     for path in (METRICS, FIGURE):

@@ -4,7 +4,8 @@ Writes models/pretrain/ (encoder safetensors + config json, `load_encoder` reads
 metrics (masked MSE, throughput, linear probe vs a random-init encoder), the per-epoch loss
 table and a reconstruction figure. Resume checkpoints live in checkpoints/pretrain/<run key>/
 (git-ignored, not a DVC output): rerunning after a crash with the same params continues there.
-Multi-GPU: `accelerate launch stages/pretrain.py`; only the main process writes outputs.
+Multi-GPU: `compute.processes: N` (the stage relaunches itself under `accelerate launch`);
+only the main process writes outputs.
 """
 import csv
 import shutil
@@ -12,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from dreamdiffusion.cli import run_stage
+from dreamdiffusion.compute import ComputeConfig
 from dreamdiffusion.config import to_dict
 from dreamdiffusion.data.processed import load_corpus, load_paired_eeg
 from dreamdiffusion.io import DataError, atomic_path, finite_metrics, sha256_file, write_json
@@ -22,7 +24,7 @@ from dreamdiffusion.mae.train import PretrainConfig, split_by_recording, split_c
 from dreamdiffusion.probe import probe_with_random_init
 from dreamdiffusion.tracking import TrackingConfig, project_root
 
-PARAMS = {"seed": int, "tracking": TrackingConfig, "pretrain": PretrainConfig}
+PARAMS = {"seed": int, "tracking": TrackingConfig, "compute": ComputeConfig, "pretrain": PretrainConfig}
 CORPUS, PAIRED = Path("data/processed/corpus.h5"), Path("data/processed/eeg.h5")
 MODEL_DIR, CHECKPOINTS = Path("models/pretrain"), Path("checkpoints/pretrain")
 METRICS, LOSSES, FIGURE = Path("metrics/pretrain.json"), Path("metrics/pretrain_loss.csv"), Path("metrics/pretrain_recon.png")
@@ -49,7 +51,8 @@ def probes(model, config: PretrainConfig, seed: int) -> dict:
     """Linear probes (cls token: `probe_*`; mean of the tokens: `probe_mean_*`) of the trained
     encoder and, averaged over `probe_random_inits` of them, of random-init encoders of its config."""
     paired = read(partial(load_paired_eeg, splits=("train", "val")), PAIRED)  # test rows are never read
-    trained, random_init = probe_with_random_init(model.encoder, paired, seed, config.probe_c, config.probe_random_inits)
+    trained, random_init = probe_with_random_init(model.encoder, paired, seed, config.probe_c, config.probe_random_inits,
+                                                  batch_size=config.probe_batch_size)
     metrics = {}
     for pooling, prefix in (("cls", "probe"), ("mean", "probe_mean")):
         for k in ("top1", "top5"):
@@ -66,7 +69,7 @@ def main(params: dict, run) -> dict:
     seed = params["seed"]
     corpus = read(load_corpus, CORPUS)
     log = lambda metrics, step: run.log_metrics(metrics, step=step)  # noqa: E731
-    result = train(config, corpus, seed, project_root() / CHECKPOINTS, sha256_file(CORPUS), log)
+    result = train(config, corpus, seed, project_root() / CHECKPOINTS, sha256_file(CORPUS), log, params["compute"])
     if not result.is_main_process:
         return {}
     model, last = result.model, result.history[-1]
@@ -82,10 +85,10 @@ def main(params: dict, run) -> dict:
     write_json(METRICS, finite_metrics(metrics))
     for path in (METRICS, LOSSES, FIGURE):
         run.log_artifact(path)
-    if result.resume_dir is not None:  # finished and written: the crash-recovery state is no longer needed
+    if result.resume_dir is not None and not config.keep_checkpoints:  # finished and written: no longer needed
         shutil.rmtree(result.resume_dir, ignore_errors=True)
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 if __name__ == "__main__":
-    run_stage("pretrain", PARAMS, main)
+    run_stage("pretrain", PARAMS, main, distributed=True)

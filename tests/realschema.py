@@ -1,4 +1,4 @@
-"""Build a tiny EEG-ImageNet set in the exact real schema (method.md s.1), for tests.
+"""Build a tiny EEG-ImageNet set in the exact real schema (Spampinato et al., CVPR 2017), for tests.
 
     paths = make_real_schema_set(tmp_path)       # {'eeg_file', 'splits_file', 'images_dir'}
     payload = read_eeg_file(paths["eeg_file"])   # break one thing ...

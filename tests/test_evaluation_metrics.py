@@ -273,3 +273,36 @@ def test_control_two_way_sits_at_chance_when_paired_by_image_and_below_when_by_c
     assert np.mean(source_kept) < np.mean(by_image) - 0.01  # the source image is the nearest distractor
     assert np.mean(by_class) < np.mean(by_image) - 0.03
     assert two_way_identification(gen, gt, own=image).mean() > 0.9  # the matched (non-control) score
+
+
+class _Stub:
+    """A foundation whose judge and CLIP read the images' mean colour: enough to score PNGs."""
+
+    def __init__(self):
+        import torch
+
+        self.judge = torch.nn.Linear(3, 4)
+        self.judge_transform = lambda x: x.mean(dim=(2, 3))
+        self.clip = type("Clip", (torch.nn.Module,), {"encode_image": lambda self, x: x.mean(dim=(2, 3)) + 0.1})()
+        self.clip.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.clip_transform = lambda x: x
+
+
+def test_a_control_metric_that_cannot_be_computed_is_reported_absent_with_its_reason(tmp_path):
+    """Two test images: once the own and the source image are left out, no 2-way distractor remains."""
+    import torch
+    from PIL import Image
+
+    from dreamdiffusion.evaluation.report import EvaluateConfig, Scores, control_metrics
+
+    (tmp_path / "control").mkdir()
+    rows = []
+    for trial, image in ((0, 0), (1, 1)):
+        Image.fromarray(np.full((8, 8, 3), 60 * (trial + 1), np.uint8)).save(tmp_path / f"control/{trial}.png")
+        rows.append({"kind": "control", "trial": trial, "eeg_trial": 1 - trial, "image": image, "sample": 0,
+                     "file": f"control/{trial}.png"})
+    truth = Scores(np.full((2, 4), 0.25), torch.nn.functional.normalize(torch.rand(2, 3), dim=-1))
+    out = control_metrics(rows, tmp_path, {0: 0, 1: 1}, {0: 0, 1: 1}, truth, np.array([0, 1]), _Stub(),
+                          EvaluateConfig(trials=3), 0)
+    assert 0 <= out["nway_top1"] <= 1
+    assert "clip_2way" not in out and "distractor" in out["skipped"]["clip_2way"]

@@ -4,14 +4,17 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler
 
-from dreamdiffusion.data.processed import SPLIT_CODES, PairedEEG, load_paired_eeg, write_h5
+import h5py
+from torch.utils.data import DataLoader
+
+from dreamdiffusion.data.processed import SPLIT_CODES, load_paired_eeg, write_h5
+from dreamdiffusion.finetune.data import cached_features, finetune_data, write_features
+from dreamdiffusion.finetune.engine import losses
 from dreamdiffusion.finetune.load import load_generator, save_finetuned
 from dreamdiffusion.finetune.model import TimeConditioning
-from dreamdiffusion.finetune.train import (FinetuneConfig, Models, build_conditioner, finetune, is_better, losses,
-                                           paired_tensors)
-from dreamdiffusion.finetune.trainable import cross_attention_modules, set_unet_trainable
+from dreamdiffusion.finetune.train import FinetuneConfig, build_models, finetune, is_better
+from dreamdiffusion.finetune.trainable import cross_attention_modules
 from dreamdiffusion.foundation.build import Timer, build_demo
 from dreamdiffusion.foundation.load import load_foundation
 from dreamdiffusion.mae.encoder import save_encoder
@@ -44,17 +47,20 @@ def world(tmp_path_factory):
 
 
 def make_models(world, config=TINY):
+    """As the stage assembles them: features encoded once (cached), conditioner on the foundation."""
     root, images = world
-    torch.manual_seed(0)  # as the stage does before building the conditioner
     foundation = load_foundation(root / "foundation")
     paired = load_paired_eeg(root / "eeg.h5", splits=("train", "val"))
-    set_unet_trainable(foundation.unet, config.train_unet)
-    conditioner = build_conditioner(config, foundation, root / "encoder", foundation.unet)
-    models = Models(conditioner, foundation.unet, foundation.vae.requires_grad_(False),
-                    DDPMScheduler.from_config(foundation.scheduler.config), foundation.caption_embeds)
+    rows = np.unique(paired.image_index)
+    features = cached_features(root / "features", "tiny",
+                               lambda tmp: write_features(foundation, images.images, rows, 4, tmp))
+    models = build_models(config, foundation, root / "encoder", 0)
     foundation.clip.requires_grad_(False)
-    data = {s: paired_tensors(paired, images, paired.subset(s), foundation) for s in ("train", "val")}
-    return models, data, foundation
+    return models, finetune_data(paired, features, images, foundation, config), foundation
+
+
+def first_batch(data, size=4):
+    return next(iter(DataLoader(data.train, batch_size=size)))
 
 
 def snapshot(module):
@@ -68,7 +74,7 @@ def test_frozen_stay_bit_identical_trainable_change_and_hold_no_grads(world):
     trainable_names = {n for n, p in models.unet.named_parameters() if p.requires_grad}
     cross = {id(p) for m in cross_attention_modules(models.unet) for p in m.parameters()}
     assert {id(p) for p in models.unet.parameters() if p.requires_grad} == cross and cross
-    result = finetune(dataclasses.replace(TINY, epochs=1), models, data["train"], data["val"], foundation, 0)
+    result = finetune(dataclasses.replace(TINY, epochs=1), models, data, foundation, 0)
     for name, p in result.models.unet.named_parameters():
         if name in trainable_names:
             assert not torch.equal(p, unet_before[name]), f"trainable {name} did not change"
@@ -86,7 +92,7 @@ def test_frozen_encoder_and_no_unet_training(world):
     config = dataclasses.replace(TINY, train_encoder=False, train_unet="none", epochs=1)
     models, data, foundation = make_models(world, config)
     enc_before, unet_before = snapshot(models.conditioner.encoder), snapshot(models.unet)
-    result = finetune(config, models, data["train"], data["val"], foundation, 0)
+    result = finetune(config, models, data, foundation, 0)
     for name, p in result.models.conditioner.encoder.named_parameters():
         assert torch.equal(p, enc_before[name]) and p.grad is None
     assert all(torch.equal(p, unet_before[n]) for n, p in result.models.unet.named_parameters())
@@ -94,14 +100,12 @@ def test_frozen_encoder_and_no_unet_training(world):
 
 def test_loss_combines_terms_with_their_weights(world):
     models, data, _ = make_models(world)
-    batch = [t[:4] for t in (data["train"].eeg, data["train"].latent_mean, data["train"].latent_std,
-                             data["train"].clip_target, data["train"].label)]
+    batch = first_batch(data)
     time_cond = TimeConditioning(models.unet)
     outs = []
     for weight in (0.0, 2.0):
-        torch.manual_seed(0)
         config = dataclasses.replace(TINY, clip_weight=weight, caption_weight=0.5, cond_dropout=0.0)
-        outs.append({k: float(v.detach()) for k, v in losses(models, batch, config, time_cond).items()})
+        outs.append({k: float(v.detach()) for k, v in losses(models, batch, config, time_cond, 0, 0).items()})
     for out, weight in zip(outs, (0.0, 2.0)):
         expected = out["diffusion_loss"] + weight * out["clip_loss"] + 0.5 * out["caption_loss"]
         assert out["loss"] == pytest.approx(expected, rel=1e-5)
@@ -118,15 +122,15 @@ def test_val_selection_keeps_the_best_epoch():
 def test_kept_model_is_the_best_val_epoch_and_resume_continues(world, tmp_path):
     config = dataclasses.replace(TINY, epochs=3, select_by="val_loss")
     models, data, foundation = make_models(world, config)
-    full = finetune(config, models, data["train"], data["val"], foundation, 0, tmp_path / "a", "x")
+    full = finetune(config, models, data, foundation, 0, tmp_path / "a", "x")
     scores = [h["val_loss"] for h in full.history]
     assert full.best_epoch == 1 + int(np.argmin(scores))
     assert all(np.isfinite(h["train_loss"]) for h in full.history)  # NaN test trials never entered
     # interrupted after 1 epoch, then restarted: continues from the checkpoint, same trajectory
     models, data, foundation = make_models(world, config)
-    finetune(config, models, data["train"], data["val"], foundation, 0, tmp_path / "b", "x", stop_after=1)
+    finetune(config, models, data, foundation, 0, tmp_path / "b", "x", stop_after=1)
     models, data, foundation = make_models(world, config)
-    resumed = finetune(config, models, data["train"], data["val"], foundation, 0, tmp_path / "b", "x")
+    resumed = finetune(config, models, data, foundation, 0, tmp_path / "b", "x")
     assert resumed.resumed_from == 1
     np.testing.assert_allclose([h["val_loss"] for h in resumed.history], scores, rtol=1e-4)
 
@@ -136,7 +140,7 @@ def test_save_and_load_generator_reproduces_images(world, tmp_path):
     models, data, foundation = make_models(world)
     save_finetuned(tmp_path / "ft", models.conditioner, models.unet, {"train_unet": "cross_attention"})
     generator = load_generator(tmp_path / "ft", root / "foundation")
-    eeg = data["val"].eeg[:2]
+    eeg = torch.stack([data.val[i][1] for i in range(2)])
     first = generator.images(eeg, [5, 6], steps=2)
     again = generator.images(eeg[1:], [6], steps=2)  # one image alone, same seed: same pixels
     assert first.shape[1] == 3 and torch.allclose(first[1:], again, atol=1e-5)
@@ -147,3 +151,46 @@ def test_loading_only_train_and_val_never_reads_test(world):
     root, _ = world
     paired = load_paired_eeg(root / "eeg.h5", splits=("train", "val"))
     assert SPLIT_CODES["test"] not in set(paired.split.tolist()) and np.isfinite(paired.eeg).all()
+
+
+@torch.no_grad()
+def test_draws_are_keyed_by_trial_not_by_batch(world):
+    """A trial's loss terms do not depend on which batch it is in: the basis of N processes = 1."""
+    models, data, _ = make_models(world)
+    time_cond = TimeConditioning(models.unet)
+    config = dataclasses.replace(TINY, cond_noise=0.3, cond_dropout=0.5)
+    models.conditioner.eval()  # no dropout layers in play; all randomness is the keyed draws
+    together = losses(models, first_batch(data, 4), config, time_cond, 0, 3)
+    halves = [losses(models, [t[i : i + 2] for t in first_batch(data, 4)], config, time_cond, 0, 3) for i in (0, 2)]
+    for key in ("diffusion_loss", "clip_loss", "caption_loss"):
+        assert float(together[key]) == pytest.approx(np.mean([float(h[key]) for h in halves]), rel=1e-5), key
+    other_epoch = losses(models, first_batch(data, 4), config, time_cond, 0, 4)
+    assert float(other_epoch["diffusion_loss"]) != pytest.approx(float(together["diffusion_loss"]), rel=1e-6)
+
+
+def test_each_distinct_image_is_encoded_once(world):
+    root, images = world
+    models, data, foundation = make_models(world)
+    with h5py.File(data.train.features, "r") as h5:
+        rows = h5["rows"][()]
+        assert len(rows) == len(np.unique(rows)) and h5["latent_mean"].shape[0] == len(rows)
+        assert h5["latent_mean"].shape[1:] == (4, 4, 4) and h5["clip"].shape[1] == foundation.clip_embed_dim
+    trials = len(data.train) + len(data.val)
+    assert trials >= len(rows)
+    first = data.train[0]
+    same_image = [i for i in range(len(data.train)) if data.train.position[i] == data.train.position[0]]
+    for i in same_image:  # every trial of an image reads the one stored encoding
+        assert torch.equal(data.train[i][2], first[2]) and torch.equal(data.train[i][4], first[4])
+
+
+def test_ema_state_is_checkpointed_so_resume_follows_the_uninterrupted_run(world, tmp_path):
+    config = dataclasses.replace(TINY, epochs=3, select_by="val_loss", ema_decay=0.9)
+    models, data, foundation = make_models(world, config)
+    full = finetune(config, models, data, foundation, 0, tmp_path / "a", "x")
+    models, data, foundation = make_models(world, config)
+    finetune(config, models, data, foundation, 0, tmp_path / "b", "x", stop_after=2)
+    models, data, foundation = make_models(world, config)
+    resumed = finetune(config, models, data, foundation, 0, tmp_path / "b", "x")
+    assert resumed.resumed_from == 2
+    np.testing.assert_allclose([h["val_loss"] for h in resumed.history], [h["val_loss"] for h in full.history],
+                               rtol=1e-5)

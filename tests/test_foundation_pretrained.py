@@ -134,6 +134,12 @@ def test_missing_subfolder_is_named(sources, tmp_path):
         build_foundation(make_image_set(), cfg, 0, tmp_path / "out")
 
 
+def test_images_of_another_size_than_the_model_generates_are_refused(sources, tmp_path):
+    with pytest.raises(DataError, match=r"holds 32 px images.*generates 16 px: set preprocess.image_size: 16"):
+        build_foundation(make_image_set(size=32), pretrained_config(sources[0]), 0, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_config_weights_mismatch_is_named(sources, tmp_path):
     shutil.copytree(sources[0] / "sd", tmp_path / "sd")
     config_file = tmp_path / "sd/unet/config.json"

@@ -136,7 +136,7 @@ def test_paper_preset_sizes():
                     for d in (1, 2))
         return one + (paper.depth - 1) * (two - one)
 
-    assert 145e6 < encoder_params(1.0) < 160e6  # method.md: ~151M in the official code
+    assert 145e6 < encoder_params(1.0) < 160e6  # ~151M in the official code (mlp_ratio 1.0)
     assert 295e6 < encoder_params(4.0) < 310e6  # the paper's 297M
     assert MAEConfig().with_preset("custom") == MAEConfig()
     with pytest.raises(ConfigError, match="preset"):

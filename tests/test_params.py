@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from closure import closure
 from dreamdiffusion.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,3 +50,19 @@ def test_lists_are_block_style():
     for line in (ROOT / "params.yaml").read_text().splitlines():
         value = line.split("#")[0].split(":", 1)[-1].strip()
         assert not (value.startswith("[") and value != "[]"), f"flow-style list: {line!r}"
+
+
+@pytest.mark.parametrize("name", sorted(DVC))
+def test_code_deps_are_exactly_the_stage_import_closure(name):
+    """Editing any repository module a stage can import reruns that stage, and nothing else is listed."""
+    code = {d for d in DVC[name]["deps"] if not d.startswith(("data/", "models/"))}
+    needed = {str(p.relative_to(ROOT)) for p in closure(ROOT / "stages" / f"{name}.py")}
+    assert not needed - code, f"{name}: dvc.yaml misses {sorted(needed - code)} (run python tests/closure.py)"
+    assert not code - needed, f"{name}: dvc.yaml lists files the stage never imports: {sorted(code - needed)}"
+
+
+def test_closure_follows_relative_and_function_level_imports():
+    found = {str(p.relative_to(ROOT)) for p in closure(ROOT / "stages" / "finetune.py")}
+    assert "dreamdiffusion/finetune/engine.py" in found  # relative import from finetune/train.py
+    assert "dreamdiffusion/evaluation/nway.py" in found  # imported inside a function of finetune/engine.py
+    assert "dreamdiffusion/data/synthetic.py" not in found

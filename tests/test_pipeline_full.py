@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from pipeline import TINY, make_repo_copy, merge, run
@@ -74,3 +75,50 @@ def test_one_image_regenerates_alone_from_its_seed(repo):
 def test_second_repro_is_a_noop(repo):
     out = run(repo, "dvc", "repro").stdout
     assert "Running stage" not in out
+
+
+def finetune_first_steps(repo) -> list[dict]:
+    """Per finetune run in the repo's MLflow store (oldest first): its step-0 losses."""
+    import sqlite3
+
+    query = ("select m.run_uuid, m.key, m.value from metrics m join tags t on t.run_uuid = m.run_uuid "
+             "join runs r on r.run_uuid = m.run_uuid where t.key = 'stage' and t.value = 'finetune' "
+             "and m.key like 'step_%' and m.step = 0 order by r.start_time")
+    runs: dict[str, dict] = {}
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        for run_id, key, value in db.execute(query):
+            runs.setdefault(run_id, {})[key] = value
+    return list(runs.values())
+
+
+def test_two_processes_from_dvc_repro_equal_one_with_the_same_global_batch(repo, tmp_path):
+    """compute.processes: 2 relaunches pretrain and finetune under accelerate (gloo on the CPU); with
+    half the batch per process they compute what one process computes (draws are keyed by sample).
+
+    Pretraining ends with the same weights. Fine-tuning's first step has the same losses; after it
+    the runs part: AdamW's first updates are lr x sign(gradient), so gradients that differ only in
+    float rounding (a 2-process all-reduce sums in another order) move near-zero weights by +-lr."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    twin = shutil.copytree(repo, tmp_path / "twin", symlinks=True)  # its image-feature cache is warm
+    before = len(finetune_first_steps(twin))
+    params = yaml.safe_load((twin / "params.yaml").read_text())
+    params["compute"]["processes"] = 2
+    params["pretrain"]["batch_size"] //= 2
+    params["finetune"]["batch_size"] //= 2
+    (twin / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(twin, "dvc", "repro", "finetune")
+    one, two = (load_file(str(r / "models/pretrain/encoder.safetensors")) for r in (repo, twin))
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5), key
+    a, b = (json.loads((r / "metrics/pretrain.json").read_text()) for r in (repo, twin))
+    for key in ("train_mse", "val_mse"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    runs = finetune_first_steps(twin)
+    assert len(runs) == before + 1  # rank 1 logged nothing
+    one, two = runs[0], runs[-1]
+    assert set(one) == set(two) == {"step_loss", "step_diffusion_loss", "step_clip_loss", "step_caption_loss"}
+    for key in one:
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key

@@ -214,7 +214,7 @@ def test_probe_cross_validates_the_train_features_grouped_by_image():
     encoder = EEGEncoder(MODEL)
     result = probe_encoder(encoder, paired, cross_validate=True)
     train = paired.subset("train")
-    features = pooled_features(encoder, eeg[train])
+    features = pooled_features(encoder, eeg, train)
     for pooling in ("cls", "mean"):
         assert result[pooling]["cv_top1"] == pytest.approx(
             cross_validated_probe(features[pooling], label[train], image[train]))
@@ -249,7 +249,7 @@ class FixedTokens(torch.nn.Module):
 
 def test_pooled_features_read_the_cls_token_and_average_the_rest():
     eeg = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
-    pooled = pooled_features(FixedTokens(), eeg, batch_size=1)
+    pooled = pooled_features(FixedTokens(), eeg, np.arange(2), batch_size=1)
     np.testing.assert_allclose(pooled["cls"], eeg[:, :, 0])
     np.testing.assert_allclose(pooled["mean"], eeg[:, :, 1:].mean(-1))
 

@@ -6,15 +6,15 @@ own) and, optionally, the TRAIN split of the paired data. Val/test trials can ne
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from ..progress import progress
 from .. import signal
 from ..io import DataError
-from .processed import SPLIT_CODES
+from .processed import SPLIT_CODES, H5Writer
 
 PAIRED_TRAIN = "paired-train"
 
@@ -34,30 +34,31 @@ class CorpusSettings:
     max_windows: int = 200  # per recording; 0 = all
 
 
-@dataclass
-class CorpusParts:
-    """Windows collected so far, with their recording of origin."""
+class CorpusWriter:
+    """Windows appended to corpus.h5 one recording at a time, with their recording of origin:
+    the corpus never sits in memory whole (a MOABB-sized one is tens of GB)."""
 
-    windows: list[np.ndarray] = field(default_factory=list)
-    recording: list[np.ndarray] = field(default_factory=list)
-    recordings: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
+    def __init__(self, writer: H5Writer, settings: CorpusSettings):
+        self.writer, self.windows = writer, 0
+        self.recording: list[np.ndarray] = []
+        self.recordings: list[str] = []
+        self.sources: list[str] = []
+        writer.rows("eeg", (0, settings.channels, settings.samples), np.float32, growable=True)
 
     def add(self, windows: np.ndarray, name: str, source: str) -> None:
         """Append the (W, C, S) windows of one recording."""
+        self.writer.append("eeg", windows.astype(np.float32))
         self.recording.append(np.full(len(windows), len(self.recordings), np.int64))
-        self.windows.append(windows.astype(np.float32))
         self.recordings.append(name)
         self.sources.append(source)
+        self.windows += len(windows)
 
-    def arrays(self, settings: CorpusSettings) -> dict:
-        """The corpus.h5 arrays."""
-        empty = np.empty((0, settings.channels, settings.samples), np.float32)
-        return dict(
-            eeg=np.concatenate(self.windows) if self.windows else empty,
-            recording=np.concatenate(self.recording) if self.recording else np.empty(0, np.int64),
-            recordings=self.recordings, sources=self.sources,
-        )
+    def finish(self) -> dict:
+        """Write the index datasets; return the summary (window count, recording of each window, names)."""
+        recording = np.concatenate(self.recording) if self.recording else np.empty(0, np.int64)
+        for key, value in (("recording", recording), ("recordings", self.recordings), ("sources", self.sources)):
+            self.writer.put(key, value)
+        return dict(windows=self.windows, recording=recording, recordings=self.recordings, sources=self.sources)
 
 
 def scale_windows(windows: np.ndarray, settings: CorpusSettings) -> np.ndarray:
@@ -105,44 +106,50 @@ def recording_windows(path: Path, settings: CorpusSettings) -> np.ndarray:
     return scale_windows(cut, settings)
 
 
-def folder_windows(folder: Path, source: str, parts: CorpusParts, settings: CorpusSettings) -> None:
+def folder_windows(folder: Path, source: str, parts: CorpusWriter, settings: CorpusSettings) -> None:
     """Add every `*.fif` recording of `folder` (sorted) to `parts`."""
     files = sorted(folder.rglob("*.fif"))
     if not files:
         raise DataError(f"{folder}: corpus source {source!r} has no .fif recordings")
-    for path in tqdm(files, desc=f"corpus {source}", unit="rec", mininterval=1.0):
+    for path in progress(files, desc=f"corpus {source}", unit="rec", mininterval=1.0):
         parts.add(recording_windows(path, settings), f"{source}/{path.relative_to(folder)}", source)
 
 
-def paired_train_windows(eeg: np.ndarray, split: np.ndarray, trial: np.ndarray,
-                         parts: CorpusParts, settings: CorpusSettings) -> None:
-    """Add the paired trials of the TRAIN split only (one window each): never val or test."""
+def paired_train_windows(eeg, split: np.ndarray, trial: np.ndarray, parts: CorpusWriter,
+                         settings: CorpusSettings, batch: int = 256) -> None:
+    """Add the paired trials of the TRAIN split only (one window each): never val or test.
+    `eeg` (N, C, S) may be an on-disk array; it is read `batch` trials at a time."""
     train = np.flatnonzero(split == SPLIT_CODES["train"])
-    if eeg.shape[1:] != (settings.channels, settings.samples):
-        raise DataError(f"paired EEG has shape {eeg.shape[1:]}, corpus windows need "
+    if tuple(eeg.shape[1:]) != (settings.channels, settings.samples):
+        raise DataError(f"paired EEG has shape {tuple(eeg.shape[1:])}, corpus windows need "
                         f"({settings.channels}, {settings.samples})")
-    windows = scale_windows(eeg[train].astype(np.float64), settings)
-    for row, index in enumerate(train):
-        parts.add(windows[row : row + 1], f"{PAIRED_TRAIN}/trial{int(trial[index])}", PAIRED_TRAIN)
+    for start in range(0, len(train), batch):
+        rows = train[start : start + batch]
+        windows = scale_windows(eeg[rows].astype(np.float64), settings)
+        for row, index in enumerate(rows):
+            parts.add(windows[row : row + 1], f"{PAIRED_TRAIN}/trial{int(trial[index])}", PAIRED_TRAIN)
 
 
 def build_corpus(corpus_root: Path | None, sources: list[str], paired: dict | None,
-                 settings: CorpusSettings) -> dict:
-    """corpus.h5 arrays from the named sources ('paired-train' or a folder under corpus_root)."""
-    parts = CorpusParts()
-    for source in sources:
-        if source == PAIRED_TRAIN:
-            if paired is None:
-                raise DataError("pretrain source 'paired-train' requested but no paired EEG given")
-            paired_train_windows(paired["eeg"], paired["split"], paired["trial"], parts, settings)
-            continue
-        folder = corpus_root / source if corpus_root is not None else None
-        if folder is None or not folder.is_dir():
-            raise DataError(f"pretrain source {source!r}: no folder {folder} in the raw data "
-                            f"(preprocess.pretrain_sources; available: "
-                            f"{sorted(p.name for p in corpus_root.iterdir()) if corpus_root and corpus_root.is_dir() else []})")
-        folder_windows(folder, source, parts, settings)
-    arrays = parts.arrays(settings)
-    if len(arrays["eeg"]) == 0 and sources:
+                 settings: CorpusSettings, out_path: Path) -> dict:
+    """Write corpus.h5 at `out_path` from the named sources ('paired-train' or a folder under
+    corpus_root); `paired` holds eeg.h5's `eeg` (array or on-disk), `split` and `trial`.
+    Returns the summary of `CorpusWriter.finish`."""
+    with H5Writer(out_path, {"samples": settings.samples}) as writer:
+        parts = CorpusWriter(writer, settings)
+        for source in sources:
+            if source == PAIRED_TRAIN:
+                if paired is None:
+                    raise DataError("pretrain source 'paired-train' requested but no paired EEG given")
+                paired_train_windows(paired["eeg"], paired["split"], paired["trial"], parts, settings)
+                continue
+            folder = corpus_root / source if corpus_root is not None else None
+            if folder is None or not folder.is_dir():
+                raise DataError(f"pretrain source {source!r}: no folder {folder} in the raw data "
+                                f"(preprocess.pretrain_sources; available: "
+                                f"{sorted(p.name for p in corpus_root.iterdir()) if corpus_root and corpus_root.is_dir() else []})")
+            folder_windows(folder, source, parts, settings)
+        summary = parts.finish()
+    if summary["windows"] == 0 and sources:
         raise DataError(f"pretraining corpus from {sources} has no windows of {settings.samples} samples")
-    return arrays
+    return summary

@@ -1,4 +1,4 @@
-"""Validate a user's copy of EEG-ImageNet (method.md s.1): EEG file, split file and image folder.
+"""Validate a user's copy of EEG-ImageNet (Spampinato et al., CVPR 2017): EEG file, split file and image folder.
 
 Every check runs and every problem is reported together, each naming the file, the key or
 index and what was expected. Problems repeated over many trials (e.g. a float64 dataset) are
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
+from ..progress import progress
 from ..io import DataError, safe_torch_load
 from .raw import image_path
 
@@ -165,7 +165,7 @@ def eeg_payload_problems(payload, name: str) -> list[str]:
     if "dataset" in payload and not dataset:
         problems.append(f"{name}: ['dataset'] is empty, expected a list of trials")
     out = _TrialProblems(name)
-    for i, trial in enumerate(tqdm(dataset, desc=f"check {Path(name).name}", unit="trial",
+    for i, trial in enumerate(progress(dataset, desc=f"check {Path(name).name}", unit="trial",
                                    leave=False, disable=len(dataset) < 2000)):
         _check_trial(out, i, trial, n_labels, n_images)
     problems += out.lines()
@@ -338,7 +338,7 @@ def image_file_problems(payload: dict, images_dir, workers: int | None = None,
              for j, label in sorted(label_of.items()) if images[j] not in ignored}
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
-        found = list(tqdm(pool.map(_image_problem, paths.values()), total=len(paths),
+        found = list(progress(pool.map(_image_problem, paths.values()), total=len(paths),
                           desc="check images", unit="img", leave=False, disable=len(paths) < 200))
     by_kind: dict[str, list[str]] = defaultdict(list)
     for (j, path), problem in zip(paths.items(), found):

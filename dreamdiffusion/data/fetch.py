@@ -1,6 +1,6 @@
 """Download one file by URL: progress bar, retry with backoff, sha256 check, atomic rename.
 
-Only the standard library (urllib) and tqdm. Nothing is ever left at `dest` unless its
+Only the standard library (urllib) and a progress bar. Nothing is ever left at `dest` unless its
 checksum matched; partial downloads live in a hidden temporary file beside it.
 """
 from __future__ import annotations
@@ -17,8 +17,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
+from ..progress import progress
 from ..io import DataError, sha256_file
 
 SCHEMES = ("http", "https", "file")
@@ -48,7 +47,7 @@ def _stream(url: str, handle, timeout: float, desc: str) -> str:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             received = 0
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+            with progress(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
                       leave=False) as bar:
                 while block := response.read(CHUNK):
                     handle.write(block)
@@ -104,8 +103,7 @@ def fetch_file(url: str, sha256: str, dest: Path, *, retries: int = 3, timeout: 
             if attempt + 1 == attempts:
                 raise DataError(f"{url}: download failed after {attempts} attempt(s): {err}") from None
             wait = backoff * 2 ** attempt
-            tqdm.write(f"{url}: {err}; retrying in {wait:.1f} s ({attempt + 1}/{retries})",
-                       file=sys.stderr)
+            print(f"{url}: {err}; retrying in {wait:.1f} s ({attempt + 1}/{retries})", file=sys.stderr)
             time.sleep(wait)
     if got != expected:
         tmp.unlink(missing_ok=True)

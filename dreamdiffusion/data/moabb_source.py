@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tqdm import tqdm
-
+from ..progress import progress
 from ..io import DataError, atomic_path
 
 
@@ -46,7 +45,7 @@ def export_moabb(dataset_name: str, subjects: list[int] | None, out_dir: Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for subject in tqdm(subjects, desc=f"moabb {dataset_name}", unit="subject"):
+    for subject in progress(subjects, desc=f"moabb {dataset_name}", unit="subject"):
         for session, runs in dataset.get_data([subject])[subject].items():
             for run, raw in runs.items():
                 path = out_dir / f"{_safe(subject)}_{_safe(session)}_{_safe(run)}_raw.fif"

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
+from ..progress import progress
 from .. import signal
 from ..config import ConfigError, param
 from ..io import DataError
-from .processed import SPLIT_CODES, UNUSED
+from .processed import SPLIT_CODES, UNUSED, H5Writer
 from .raw import image_path
 
 CHANNELS = 128
@@ -39,7 +39,9 @@ class PreprocessConfig:
     bandpass: list[float] = param([], min=0.0)
     notch: list[float] = param([], min=0.0)
     normalize: str = param("none", choices=["none", "channel"])
-    image_size: int = param(32, min=8, max=1024)
+    image_size: int = param(32, min=8, max=1024, help="pixels: the foundation's native size (SD 1.5: 512)")
+    extra_images: bool = param(True, help="also store the class folders' images no trial shows (the demo "
+                               "foundation's training corpus); false reads the stimulus images only")
     pretrain_sources: list[str] = param(["synthetic"])
     corpus_sample_rate: float = param(1000.0, min=1.0)
     corpus_bandpass: list[float] = param([5.0, 95.0], min=0.0)
@@ -129,12 +131,10 @@ def process_trial(eeg: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return eeg.astype(np.float32)
 
 
-def process_trials(dataset: list[dict], kept: list[int], config: PreprocessConfig) -> np.ndarray:
-    """Stack the processed kept trials: (N, 128, samples) float32."""
-    out = np.empty((len(kept), CHANNELS, config.samples), np.float32)
-    for row, index in enumerate(tqdm(kept, desc="preprocess EEG", unit="trial", mininterval=1.0)):
+def process_trials(dataset: list[dict], kept: list[int], config: PreprocessConfig, out) -> None:
+    """Process the kept trials one at a time into `out` (N, 128, samples), an array or HDF5 dataset."""
+    for row, index in enumerate(progress(kept, desc="preprocess EEG", unit="trial", mininterval=1.0)):
         out[row] = process_trial(dataset[index]["eeg"].numpy(), config)
-    return out
 
 
 # ----------------------------------------------------------------------------- images
@@ -167,25 +167,30 @@ def extra_images(images_dir: Path, class_ids: list[str], known: set[str]) -> lis
     return extras
 
 
-def build_image_set(payload: dict, assignment: dict[int, str], images_dir: Path, size: int):
-    """All stimulus images (in the EEG file's order) then any extra images, resized."""
+def write_image_set(payload: dict, assignment: dict[int, str], images_dir: Path, config: PreprocessConfig,
+                    writer: H5Writer) -> dict:
+    """images.h5: every stimulus image (in the EEG file's order), then the extra images when
+    `config.extra_images`, resized and written one at a time; returns the index arrays."""
     dataset, class_ids, names = payload["dataset"], payload["labels"], payload["images"]
     labels = np.full(len(names), -1, np.int64)
     for trial in dataset:
         labels[trial["image"]] = trial["label"]
     split = image_splits(dataset, assignment, len(names))
-    extras = extra_images(images_dir, class_ids, set(names))
+    extras = extra_images(images_dir, class_ids, set(names)) if config.extra_images else []
     all_names = list(names) + [name for name, _ in extras]
     all_labels = np.concatenate([labels, np.array([lab for _, lab in extras], np.int64)])
     all_split = np.concatenate([split, np.full(len(extras), SPLIT_CODES["extra"], np.int8)])
-    pixels = np.empty((len(all_names), size, size, 3), np.uint8)
-    for row, (name, label) in enumerate(tqdm(list(zip(all_names, all_labels)), desc="images",
+    size = config.image_size
+    pixels = writer.rows("images", (len(all_names), size, size, 3), np.uint8)
+    for row, (name, label) in enumerate(progress(list(zip(all_names, all_labels)), desc="images",
                                             unit="img", mininterval=1.0)):
         if label < 0:  # listed in `images` but shown in no trial: nothing tells its class
             raise DataError(f"image {name!r} (index {row}) is listed but no trial shows it")
         pixels[row] = load_image(image_path(images_dir, class_ids[label], name), size)
-    return dict(images=pixels, image_names=all_names, labels=all_labels, split=all_split,
-                class_names=list(class_ids))
+    index = dict(image_names=all_names, labels=all_labels, split=all_split, class_names=list(class_ids))
+    for key, value in index.items():
+        writer.put(key, value)
+    return index
 
 
 def counts(values: np.ndarray, names: dict | None = None) -> dict[str, int]:
@@ -196,13 +201,19 @@ def counts(values: np.ndarray, names: dict | None = None) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------- entry point
 
+@dataclasses.dataclass(frozen=True)
+class ProcessedPaths:
+    """Where `run_preprocess` writes its three files (the stage passes temporary paths)."""
+
+    images: Path
+    eeg: Path
+    corpus: Path
+
+
 @dataclasses.dataclass
 class Preprocessed:
-    """Everything `preprocess` writes: three array sets, the report and a few example trials."""
+    """What `run_preprocess` returns besides its files: the report and a few example trials."""
 
-    images: dict
-    eeg: dict
-    corpus: dict
     report: dict
     examples: list[tuple[int, np.ndarray, np.ndarray]]  # (trial, raw (128, T), processed (128, S))
 
@@ -219,18 +230,21 @@ def corpus_settings(config: PreprocessConfig) -> "CorpusSettings":
     )
 
 
-def paired_arrays(payload: dict, kept: list[int], assignment: dict[int, str],
-                  config: PreprocessConfig) -> dict:
-    """The eeg.h5 arrays for the kept trials."""
+def paired_index(payload: dict, kept: list[int], assignment: dict[int, str]) -> dict:
+    """The eeg.h5 index arrays of the kept trials (everything but the EEG)."""
     dataset = payload["dataset"]
     field_of = lambda key: np.array([dataset[i][key] for i in kept], np.int64)  # noqa: E731
-    return dict(
-        eeg=process_trials(dataset, kept, config), label=field_of("label"),
-        image_index=field_of("image"), subject=field_of("subject"),
-        trial=np.array(kept, np.int64),
-        split=np.array([SPLIT_CODES[assignment[i]] for i in kept], np.int8),
-        class_names=list(payload["labels"]),
-    )
+    return dict(label=field_of("label"), image_index=field_of("image"), subject=field_of("subject"),
+                trial=np.array(kept, np.int64), split=np.array([SPLIT_CODES[assignment[i]] for i in kept], np.int8),
+                class_names=list(payload["labels"]))
+
+
+def write_paired(payload: dict, kept: list[int], index: dict, config: PreprocessConfig, writer: H5Writer) -> None:
+    """eeg.h5: the processed EEG (chunked one trial per chunk, written trial by trial) and `index`."""
+    eeg = writer.rows("eeg", (len(kept), CHANNELS, config.samples), np.float32)
+    process_trials(payload["dataset"], kept, config, eeg)
+    for key, value in index.items():
+        writer.put(key, value)
 
 
 def check_split_images(eeg: dict) -> None:
@@ -256,16 +270,18 @@ def report(payload: dict, eeg: dict, images: dict, corpus: dict, dropped: dict, 
         "dropped": dropped, "trials_per_split": counts(eeg["split"], split_names),
         "trials_per_subject": counts(eeg["subject"]), "trials_per_class_per_split": by_split,
         "images_per_split": counts(images["split"], split_names),
-        "corpus_windows": int(len(corpus["eeg"])), "corpus_recordings": len(corpus["recordings"]),
+        "corpus_windows": int(corpus["windows"]), "corpus_recordings": len(corpus["recordings"]),
         "corpus_windows_per_source": counts(np.array(corpus["sources"])[corpus["recording"]])
         if len(corpus["recording"]) else {},
     }
 
 
-def run_preprocess(raw_dir: Path, config: PreprocessConfig) -> Preprocessed:
-    """Read a raw-data folder (see raw.py) and produce the processed arrays and report."""
+def run_preprocess(raw_dir: Path, config: PreprocessConfig, out: ProcessedPaths) -> Preprocessed:
+    """Read a raw-data folder (see raw.py), write images.h5, eeg.h5 and corpus.h5 to `out`
+    (streamed: neither images nor EEG nor corpus windows are held in memory at once)."""
     from .corpus import build_corpus
     from .eeg_imagenet import load_eeg_file, load_splits_file
+    from .processed import H5Array
     from .raw import RawManifest, read_captions
 
     manifest = RawManifest.read(raw_dir)
@@ -276,13 +292,19 @@ def run_preprocess(raw_dir: Path, config: PreprocessConfig) -> Preprocessed:
     if not kept:
         raise DataError(f"no trial survives selection (dropped: {dropped}); check preprocess.subjects "
                         "and the length bounds")
-    eeg = paired_arrays(payload, kept, assignment, config)
+    eeg = paired_index(payload, kept, assignment)
     check_split_images(eeg)
-    images = build_image_set(payload, assignment, raw_dir / manifest.images_dir, config.image_size)
-    images["captions"] = read_captions(
-        raw_dir / manifest.captions_file if manifest.captions_file else None, images["class_names"])
+    with H5Writer(out.eeg, {"samples": config.samples}) as writer:
+        write_paired(payload, kept, eeg, config, writer)
+    with H5Writer(out.images, {"image_size": config.image_size}) as writer:
+        images = write_image_set(payload, assignment, raw_dir / manifest.images_dir, config, writer)
+        images["captions"] = read_captions(
+            raw_dir / manifest.captions_file if manifest.captions_file else None, images["class_names"])
+        writer.put("captions", images["captions"])
+    processed = H5Array(out.eeg, "eeg")
     corpus_root = raw_dir / manifest.corpus_dir if manifest.corpus_dir else None
-    corpus = build_corpus(corpus_root, config.pretrain_sources, eeg, corpus_settings(config))
-    examples = [(kept[r], payload["dataset"][kept[r]]["eeg"].numpy(), eeg["eeg"][r])
+    corpus = build_corpus(corpus_root, config.pretrain_sources, {**eeg, "eeg": processed},
+                          corpus_settings(config), out.corpus)
+    examples = [(kept[r], payload["dataset"][kept[r]]["eeg"].numpy(), processed[int(r)])
                 for r in np.linspace(0, len(kept) - 1, min(config.figure_trials, len(kept))).astype(int)]
-    return Preprocessed(images, eeg, corpus, report(payload, eeg, images, corpus, dropped, config.crop_end), examples)
+    return Preprocessed(report(payload, eeg, images, corpus, dropped, config.crop_end), examples)

@@ -54,15 +54,105 @@ def split_code(name: str) -> int:
 def write_h5(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict | None = None,
              chunk_first: tuple[str, ...] = ()) -> None:
     """Write arrays to a new HDF5 file at `path` (deterministic; `chunk_first` chunk per row)."""
-    with h5py.File(path, "w", track_order=False) as handle:
+    with H5Writer(path, attrs) as writer:
         for key, value in arrays.items():
-            if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype.kind in "OU"):
-                handle.create_dataset(key, data=np.asarray(value, dtype=object), dtype=STR, track_times=False)
-                continue
-            chunks = (1, *value.shape[1:]) if key in chunk_first and len(value) else None
-            handle.create_dataset(key, data=value, chunks=chunks, track_times=False)
+            writer.put(key, value, chunk_rows=key in chunk_first)
+
+
+class H5Writer:
+    """A new HDF5 file written deterministically (no timestamps); row datasets can be filled
+    or grown a batch at a time, so a large set never has to sit in memory at once."""
+
+    def __init__(self, path: str | Path, attrs: dict | None = None):
+        self.handle = h5py.File(path, "w", track_order=False)
         for key, value in (attrs or {}).items():
-            handle.attrs[key] = value
+            self.handle.attrs[key] = value
+
+    def put(self, key: str, value, chunk_rows: bool = False) -> None:
+        """A whole array (or list of strings) as dataset `key`."""
+        if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype.kind in "OU"):
+            self.handle.create_dataset(key, data=np.asarray(value, dtype=object), dtype=STR, track_times=False)
+            return
+        chunks = (1, *value.shape[1:]) if chunk_rows and len(value) else None
+        self.handle.create_dataset(key, data=value, chunks=chunks, track_times=False)
+
+    def rows(self, key: str, shape: tuple[int, ...], dtype, growable: bool = False):
+        """An empty dataset of `shape` chunked one row per chunk (growable: the first axis may grow)."""
+        maxshape = (None, *shape[1:]) if growable else None
+        return self.handle.create_dataset(key, shape=shape, dtype=dtype, chunks=(1, *shape[1:]), maxshape=maxshape,
+                                          track_times=False)
+
+    def append(self, key: str, rows: np.ndarray) -> None:
+        """Append rows to the growable dataset `key` (see `rows`)."""
+        dataset = self.handle[key]
+        start = dataset.shape[0]
+        dataset.resize(start + len(rows), axis=0)
+        dataset[start:] = rows
+
+    def __enter__(self) -> "H5Writer":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.handle.close()
+        return False
+
+
+class H5Array:
+    """A read-only, numpy-indexable view of one HDF5 dataset (optionally a subset of its rows)
+    that reads rows from disk only when indexed: `view[i]`, `view[a:b]`, `view[int array]`."""
+
+    def __init__(self, path: str | Path, key: str, rows: np.ndarray | None = None):
+        self.path, self.key, self._file = Path(path), key, None
+        with h5py.File(self.path, "r") as h5:
+            full = h5[key].shape
+            self.dtype = h5[key].dtype
+        self.rows = np.arange(full[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.shape = (len(self.rows), *full[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _dataset(self):
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        return self._file[self.key]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self._dataset()[int(self.rows[index])]
+        wanted = self.rows[index]  # slice or integer array -> file rows, in the caller's order
+        if len(wanted) == 0:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        order = np.argsort(wanted, kind="stable")
+        unique, inverse = np.unique(wanted[order], return_inverse=True)
+        values = read_rows(self._dataset(), unique)[inverse]
+        out = np.empty_like(values)
+        out[order] = values
+        return out
+
+    def subset(self, index) -> "H5Array":
+        """A view of some of this view's rows (nothing is read)."""
+        view = H5Array.__new__(H5Array)
+        view.__dict__.update(self.__getstate__())
+        view.rows = self.rows[index]
+        view.shape = (len(view.rows), *self.shape[1:])
+        return view
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        values = self[:]
+        return values if dtype is None else values.astype(dtype)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None}  # an open h5py file cannot be pickled
+
+
+def take(array, rows):
+    """`array[rows]`, lazily for an on-disk `H5Array` (a view), eagerly for a numpy array."""
+    return array.subset(rows) if isinstance(array, H5Array) else array[rows]
 
 
 def _strings(dataset) -> list[str]:
@@ -71,9 +161,9 @@ def _strings(dataset) -> list[str]:
 
 @dataclass
 class ImageSet:
-    """Contents of images.h5, fully in memory (the image sets here are small)."""
+    """Contents of images.h5; `images` is read from disk row by row as it is indexed."""
 
-    images: np.ndarray  # (N, H, W, 3) uint8
+    images: np.ndarray | H5Array  # (N, H, W, 3) uint8
     image_names: list[str]
     labels: np.ndarray  # (N,) int64
     split: np.ndarray  # (N,) int8
@@ -89,7 +179,7 @@ def load_images(path: str | Path) -> ImageSet:
     """Read images.h5."""
     with h5py.File(path, "r") as h5:
         return ImageSet(
-            images=h5["images"][()], image_names=_strings(h5["image_names"]),
+            images=H5Array(path, "images"), image_names=_strings(h5["image_names"]),
             labels=h5["labels"][()].astype(np.int64), split=h5["split"][()].astype(np.int8),
             class_names=_strings(h5["class_names"]), captions=_strings(h5["captions"]),
         )
@@ -97,9 +187,9 @@ def load_images(path: str | Path) -> ImageSet:
 
 @dataclass
 class PairedEEG:
-    """Contents of eeg.h5; `eeg` is loaded eagerly (N x 128 x 512 float32 fits in memory here)."""
+    """Contents of eeg.h5; `eeg` is read from disk row by row as it is indexed."""
 
-    eeg: np.ndarray  # (N, 128, 512) float32
+    eeg: np.ndarray | H5Array  # (N, 128, 512) float32
     label: np.ndarray
     image_index: np.ndarray
     subject: np.ndarray
@@ -123,13 +213,13 @@ def read_rows(dataset, rows) -> np.ndarray:
 
 
 def load_paired_eeg(path: str | Path, splits: tuple[str, ...] | None = None) -> PairedEEG:
-    """Read eeg.h5; with `splits`, only the rows of those splits are read from disk at all
-    (so a stage that must not see the test split never loads it)."""
+    """Read eeg.h5's index arrays; the EEG is read lazily. With `splits`, only the rows of those
+    splits can be read at all (so a stage that must not see the test split never loads it)."""
     with h5py.File(path, "r") as h5:
         split = h5["split"][()].astype(np.int8)
-        rows = slice(None) if splits is None else np.flatnonzero(np.isin(split, [split_code(s) for s in splits]))
+        rows = np.arange(len(split)) if splits is None else np.flatnonzero(np.isin(split, [split_code(s) for s in splits]))
         return PairedEEG(
-            eeg=read_rows(h5["eeg"], rows), label=h5["label"][rows], image_index=h5["image_index"][rows],
+            eeg=H5Array(path, "eeg", rows), label=h5["label"][rows], image_index=h5["image_index"][rows],
             subject=h5["subject"][rows], trial=h5["trial"][rows], split=split[rows],
             class_names=_strings(h5["class_names"]),
         )
@@ -137,9 +227,9 @@ def load_paired_eeg(path: str | Path, splits: tuple[str, ...] | None = None) -> 
 
 @dataclass
 class Corpus:
-    """Contents of corpus.h5."""
+    """Contents of corpus.h5; `eeg` is read from disk row by row as it is indexed."""
 
-    eeg: np.ndarray  # (M, 128, 512) float32
+    eeg: np.ndarray | H5Array  # (M, 128, 512) float32
     recording: np.ndarray  # (M,) int64
     recordings: list[str]
     sources: list[str]
@@ -149,6 +239,6 @@ def load_corpus(path: str | Path) -> Corpus:
     """Read corpus.h5."""
     with h5py.File(path, "r") as h5:
         return Corpus(
-            eeg=h5["eeg"][()], recording=h5["recording"][()],
+            eeg=H5Array(path, "eeg"), recording=h5["recording"][()],
             recordings=_strings(h5["recordings"]), sources=_strings(h5["sources"]),
         )

@@ -1,7 +1,7 @@
 """The raw-data layout that `download` writes and `preprocess` reads.
 
     <raw>/manifest.json                 what is here and where it came from (RawManifest)
-    <raw>/<eeg file>                    e.g. eeg_5_95_std.pth (EEG-ImageNet schema, method.md s.1)
+    <raw>/<eeg file>                    e.g. eeg_5_95_std.pth (EEG-ImageNet schema, Spampinato et al. CVPR 2017)
     <raw>/<splits file>                 e.g. block_splits_by_image_all.pth
     <raw>/images/<class_id>/<name>.JPEG
     <raw>/captions.json                 {class_id: caption} (optional)

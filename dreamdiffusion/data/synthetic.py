@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from ..progress import progress
 from ..config import ConfigError, param
 from . import synthetic_eeg as sim
 from .raw import CAPTIONS_FILE, CORPUS_DIR, IMAGES_DIR, RawManifest, image_path
@@ -116,7 +116,7 @@ def write_images(config: SyntheticConfig, seed: int, images_dir: Path, wnids: li
     concepts = class_concepts(config.classes, config.shapes)
     x_positions = []
     total = config.classes * (config.images_per_class + config.extra_images_per_class)
-    with tqdm(total=total, desc="synthetic images", unit="img") as bar:
+    with progress(total=total, desc="synthetic images", unit="img") as bar:
         for k, (wnid, concept) in enumerate(zip(wnids, concepts)):
             for kind, class_names in (("stimulus", names[k]), ("extra", [
                     f"{wnid}_x{j + 1}" for j in range(config.extra_images_per_class)])):
@@ -187,7 +187,7 @@ def simulate_paired_eeg(config: SyntheticConfig, seed: int, x_positions: np.ndar
              "effects": sim.image_effects(stream(seed, "eeg-images"), x_positions, config.image_effect),
              "scale": config.snr / sim.evoked_rms(templates, positions)}
     dataset = []
-    for number in tqdm(range(1, config.subjects + 1), desc="synthetic EEG", unit="subject"):
+    for number in progress(range(1, config.subjects + 1), desc="synthetic EEG", unit="subject"):
         dataset += simulate_session(config, seed, world, number)
     return dataset
 
@@ -214,7 +214,7 @@ def write_corpus(config: SyntheticConfig, seed: int, corpus_dir: Path) -> list[d
 
     corpus_dir.mkdir(parents=True, exist_ok=True)
     summary = []
-    for r in tqdm(range(config.corpus_recordings), desc="synthetic corpus", unit="rec"):
+    for r in progress(range(config.corpus_recordings), desc="synthetic corpus", unit="rec"):
         rng = stream(seed, "corpus", r)
         n_channels = int(rng.choice(config.corpus_channels))
         sfreq = float(rng.choice(config.corpus_sample_rates))

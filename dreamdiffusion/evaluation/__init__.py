@@ -1,4 +1,4 @@
-"""Evaluation metrics (method.md section 6): n-way top-k, 2-way identification, CLIP similarity,
+"""Evaluation metrics (MinD-Vis, Chen et al. CVPR 2023; DreamDiffusion s.4): n-way top-k, 2-way identification, CLIP similarity,
 SSIM, pixel correlation, FID/IS/KID, and the permutation control. Pure functions: arrays/paths in,
 numbers out; the `evaluate` stage does the file layout and logging."""
 from .controls import derangement, derangement_by_group

@@ -1,6 +1,6 @@
 """FID / IS / KID with torch-fidelity 0.4, offline: a registered extractor or local Inception weights.
 
-Pitfalls handled (toolchain.md): no download (Inception needs `weights_path`), cuda off by default,
+Pitfalls handled (torch-fidelity 0.4 offline): no download (Inception needs `weights_path`), cuda off by default,
 no feature cache (regenerated images must never reuse stale features), KID subset size and IS splits
 clamped to the sample counts, no loader workers (`save_cpu_ram`), PNG files only.
 """

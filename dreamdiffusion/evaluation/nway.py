@@ -1,4 +1,4 @@
-"""N-way top-k semantic accuracy, the MinD-Vis protocol (method.md section 6).
+"""N-way top-k semantic accuracy, the MinD-Vis protocol (MinD-Vis, Chen et al. CVPR 2023; DreamDiffusion s.4).
 
 For each generated image the "true" class is the judge's argmax on its ground-truth image. One trial
 draws n-1 distractor classes at random (without replacement, never the true class) from all classes

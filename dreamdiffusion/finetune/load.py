@@ -62,23 +62,25 @@ class EEGImageGenerator:
 
     @torch.no_grad()
     def images(self, eeg: torch.Tensor, seeds: list[int], scheduler: str = "ddim", steps: int = 25,
-               guidance: float = 3.0) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1] from EEG (B, 128, 512), one seed per image."""
+               guidance: float = 3.0, decode_batch: int | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] (on the CPU) from EEG (B, 128, 512), one seed per image."""
         from .sample import generate, make_scheduler
 
         return generate(self.conditioner, self.unet, self.vae, make_scheduler(scheduler, self.scheduler_config),
-                        eeg, seeds, steps, guidance)
+                        eeg, seeds, steps, guidance, decode_batch).cpu()
 
     @torch.no_grad()
     def clip_embeds(self, eeg: torch.Tensor, batch: int = 256) -> torch.Tensor:
         """The conditioner's CLIP-space embedding of each EEG trial (B, E), unit norm."""
-        device = next(self.unet.parameters()).device
-        out = [self.conditioner(eeg[i : i + batch].to(device))[2].float() for i in range(0, len(eeg), batch)]
+        device = next(self.conditioner.parameters()).device
+        out = [self.conditioner(eeg[i : i + batch].to(device)).clip.float() for i in range(0, len(eeg), batch)]
         return torch.nn.functional.normalize(torch.cat(out), dim=-1).cpu()
 
 
-def load_generator(finetune_dir: str | Path, foundation_dir: str | Path, device="cpu") -> EEGImageGenerator:
-    """One call: the fine-tuned model on top of the foundation models it was trained with."""
+def load_generator(finetune_dir: str | Path, foundation_dir: str | Path, device="cpu",
+                   parts=("stable_diffusion",)) -> EEGImageGenerator:
+    """One call: the fine-tuned model on top of the foundation models it was trained with (only the
+    foundation `parts` asked for: e.g. ('clip', 'judge') to score images without the UNet and VAE)."""
     from diffusers import UNet2DConditionModel
 
     from ..foundation.load import load_foundation
@@ -87,9 +89,10 @@ def load_generator(finetune_dir: str | Path, foundation_dir: str | Path, device=
     if not (finetune_dir / "finetune.json").is_file():
         raise DataError(f"{finetune_dir / 'finetune.json'}: missing; run the `finetune` stage")
     info = json.loads((finetune_dir / "finetune.json").read_text())
-    foundation = load_foundation(foundation_dir, device)
-    unet = foundation.unet
-    if (finetune_dir / "unet").is_dir():
-        unet = UNet2DConditionModel.from_pretrained(finetune_dir / "unet").to(device).eval()
+    foundation = load_foundation(foundation_dir, device, parts)
+    if foundation.unet is not None and (finetune_dir / "unet").is_dir():
+        foundation.unet = None  # the fine-tuned UNet replaces the foundation's: one copy in memory
+        foundation.unet = UNet2DConditionModel.from_pretrained(finetune_dir / "unet").to(device).eval()
     conditioner = load_conditioner(finetune_dir / "conditioner", device)
-    return EEGImageGenerator(conditioner, unet, foundation.vae, dict(foundation.scheduler.config), foundation, info)
+    scheduler_config = dict(foundation.scheduler.config) if foundation.scheduler is not None else {}
+    return EEGImageGenerator(conditioner, foundation.unet, foundation.vae, scheduler_config, foundation, info)

@@ -1,15 +1,16 @@
 """The EEG conditioning module: encoder tokens -> the UNet's condition, a time vector, a CLIP embed.
 
-Paper / official code (method.md s.4):
+Paper (s.3.2) / official code (bbaaii/DreamDiffusion, dc_ldm/ldm_for_eeg.py):
     tokens (B, T=128, D) -> Conv1d(T -> 64) -> Conv1d(64 -> S=77) -> Linear(D -> W=768)   condition
     condition (B, S, W) -> Conv1d(S -> S//2) -> Conv1d(S//2 -> 1) -> Linear(W -> time dim)  time path
     tokens (B, T, D) -> Conv1d(T -> 1) -> Linear(D -> CLIP dim)                           CLIP head
 `mapper: flat` replaces the first path by one linear map of the flattened tokens + LayerNorm
-(measured to work better for small, noisy conditions: demo-feasibility.md).
+(measured to work better for small, noisy conditions in the miniature world).
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,15 @@ class ConditionerConfig:
     mapper: str = param("paper", choices=["paper", "flat"])
     mapper_hidden: int = param(64, min=1)  # the paper's intermediate 64 channels
     null_condition: str = param("learned", choices=["learned", "zero"])
+
+
+class Conditioning(NamedTuple):
+    """What the conditioner gives for a batch of EEG."""
+
+    condition: torch.Tensor  # (B, S, W) what the UNet cross-attends to (noised / dropped in training)
+    time_vector: torch.Tensor | None  # (B, time dim), added to the timestep embedding; None without a time path
+    clip: torch.Tensor  # (B, E) the CLIP-space embedding (the alignment loss's prediction)
+    clean: torch.Tensor  # (B, S, W) the condition before noise and dropout
 
 
 class TokenMapper(nn.Module):
@@ -73,26 +83,23 @@ class EEGConditioner(nn.Module):
         null = torch.zeros(1, cfg.cond_tokens, cfg.cond_width)
         self.null = nn.Parameter(null, requires_grad=cfg.null_condition == "learned")
 
-    def forward(self, eeg: torch.Tensor):
-        """Condition (B, S, W), time vector or None, CLIP embedding (B, E)."""
+    def forward(self, eeg: torch.Tensor, noise: torch.Tensor | None = None,
+                keep: torch.Tensor | None = None) -> Conditioning:
+        """EEG (B, 128, L) -> the UNet's condition, time vector and CLIP embedding. In training, `noise`
+        (B, S, W) is added to the condition and samples with `keep` (B,) False get the null condition
+        (and a zero time vector); everything happens inside forward, so DDP sees every parameter used."""
         tokens = self.encoder(eeg)  # (B, T, D)
-        condition = self.mapper(tokens)  # (B, S, W)
-        time_vector = self.time_path(condition) if self.time_path is not None else None
-        return condition, time_vector, self.clip_head(tokens)
+        clean = self.mapper(tokens)  # (B, S, W)
+        time_vector = self.time_path(clean) if self.time_path is not None else None
+        condition = clean if noise is None else clean + noise.to(clean)
+        if keep is not None:
+            condition = torch.where(keep[:, None, None], condition, self.null_like(condition))
+            time_vector = None if time_vector is None else time_vector * keep[:, None].to(time_vector.dtype)
+        return Conditioning(condition, time_vector, self.clip_head(tokens), clean)
 
     def null_like(self, condition: torch.Tensor) -> torch.Tensor:
         """The null condition (for dropout and classifier-free guidance), batch-sized."""
         return self.null.expand(condition.shape[0], -1, -1).to(condition.dtype)
-
-    def drop(self, condition: torch.Tensor, time_vector, p: float, generator=None):
-        """Replace each sample's condition by the null one with probability `p` (and zero its time vector)."""
-        if p <= 0:
-            return condition, time_vector
-        keep = torch.rand(condition.shape[0], device=condition.device, generator=generator) >= p  # (B,)
-        condition = torch.where(keep[:, None, None], condition, self.null_like(condition))
-        if time_vector is not None:
-            time_vector = time_vector * keep[:, None].to(time_vector.dtype)
-        return condition, time_vector
 
 
 class TimeConditioning:

@@ -29,18 +29,20 @@ def initial_latents(seeds: list[int], shape: tuple[int, ...], device) -> torch.T
     return torch.stack(noise).to(device)
 
 
-def decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> images (B, 3, H, W) in [0, 1]."""
-    images = vae.decode(latents / vae.config.scaling_factor).sample
+def decode(vae, latents: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Latents -> images (B, 3, H, W) in [0, 1], `batch_size` latents per VAE call (None: all at once)."""
+    step = batch_size or len(latents)
+    images = torch.cat([vae.decode(latents[i : i + step] / vae.config.scaling_factor).sample
+                        for i in range(0, len(latents), step)])
     return (images / 2 + 0.5).clamp(0, 1)
 
 
 @torch.no_grad()
 def generate(conditioner: EEGConditioner, unet, vae, scheduler, eeg: torch.Tensor, seeds: list[int],
-             steps: int = 25, guidance: float = 3.0) -> torch.Tensor:
-    """Images (B, 3, H, W) in [0, 1] from EEG (B, 128, 512), one seed per image."""
+             steps: int = 25, guidance: float = 3.0, decode_batch: int | None = None) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] from EEG (B, 128, 512), one seed per image (on the UNet's device)."""
     device = next(unet.parameters()).device
-    condition, time_vector, _ = conditioner(eeg.to(device))
+    condition, time_vector, _, _ = conditioner(eeg.to(device))
     null = conditioner.null_like(condition)
     size = unet.config.sample_size
     latents = initial_latents(seeds, (unet.config.in_channels, size, size), device)
@@ -60,4 +62,4 @@ def generate(conditioner: EEGConditioner, unet, vae, scheduler, eeg: torch.Tenso
             uncond, cond_pred = pred.chunk(2)
             pred = uncond + guidance * (cond_pred - uncond)
         latents = scheduler.step(pred, t, latents).prev_sample
-    return decode(vae, latents)
+    return decode(vae, latents, decode_batch)

@@ -35,15 +35,6 @@ class Timer:
         print(f"[foundation] {part}: {self.seconds[part]:.1f} s", flush=True)
 
 
-def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when available, else 'cpu'."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DataError("foundation.device: 'cuda' requested but no CUDA device is available")
-    return name
-
-
 def write_manifest(out_dir: Path, source: str, components: dict, fidelity: dict) -> dict:
     """manifest.json: sources and revisions per component, sha256 of every file, the FID extractor."""
     files = {str(p.relative_to(out_dir)): sha256_file(p) for p in sorted(out_dir.rglob("*"))
@@ -69,13 +60,14 @@ def caption_states(clip, tokenizer, captions: list[str]) -> tuple[torch.Tensor, 
             text_token_states(clip, tokenizer([""]).to(device)).cpu())
 
 
-def build_demo(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir: Path, timer: Timer) -> dict:
+def build_demo(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir: Path, timer: Timer,
+               device: str = "cpu") -> dict:
     """Train judge, CLIP, VAE and text-to-image UNet on train+extra images; save them under `out_dir`.
 
     Returns the trained models {'judge', 'clip', 'vae', 'unet'} (in memory, eval mode)."""
     import open_clip
 
-    device, (train, _) = resolve_device(cfg.device), _train_split(images)
+    train, _ = _train_split(images)
     torch.manual_seed(seed)
     np.random.seed(seed)
     with timer("judge"):
@@ -101,15 +93,17 @@ def build_demo(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir: Path
     return {"judge": judge, "clip": clip, "vae": vae, "unet": unet}
 
 
-def build_pretrained(images: ImageSet, cfg: FoundationConfig, out_dir: Path, timer: Timer) -> None:
+def build_pretrained(images: ImageSet, cfg: FoundationConfig, out_dir: Path, timer: Timer, device: str = "cpu") -> None:
     """Resolve and snapshot SD, CLIP, the ImageNet judge and Inception weights under `out_dir`."""
-    from .pretrained import (INCEPTION_FILE, resolve_stable_diffusion, snapshot_clip, snapshot_inception,
-                             snapshot_judge, snapshot_stable_diffusion)
+    from .pretrained import (INCEPTION_FILE, check_image_size, resolve_stable_diffusion, snapshot_clip,
+                             snapshot_inception, snapshot_judge, snapshot_stable_diffusion)
 
     components = {}
     with timer("stable_diffusion"):
         folder, components["stable_diffusion"] = resolve_stable_diffusion(cfg.pretrained)
-        caption_embeds, null_embeds = snapshot_stable_diffusion(folder, out_dir / "stable_diffusion", images.captions)
+        check_image_size(folder, int(images.images.shape[1]))
+        caption_embeds, null_embeds = snapshot_stable_diffusion(folder, out_dir / "stable_diffusion", images.captions,
+                                                                device)
         save_conditioning(caption_embeds, null_embeds, images.captions, "stable_diffusion text_encoder",
                           out_dir / "conditioning")
         components["conditioning"] = components["stable_diffusion"]
@@ -123,18 +117,16 @@ def build_pretrained(images: ImageSet, cfg: FoundationConfig, out_dir: Path, tim
                    {"feature_extractor": "inception-v3-compat", "weights": f"inception/{INCEPTION_FILE}"})
 
 
-def build_foundation(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir: str | Path):
-    """Build into the (new, empty) folder `out_dir`; reload it and measure. Returns (metrics, figures)."""
+def build_foundation(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir: str | Path, device: str = "cpu"):
+    """Build into the (new, empty) folder `out_dir` on `device`; reload it and measure. Returns (metrics, figures)."""
     out_dir, timer = Path(out_dir), Timer()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     if cfg.source == "demo":
-        build_demo(images, cfg, seed, out_dir, timer)
+        build_demo(images, cfg, seed, out_dir, timer, device)
     else:
-        build_pretrained(images, cfg, out_dir, timer)
+        build_pretrained(images, cfg, out_dir, timer, device)
     with timer("evaluate"):
-        foundation = load_foundation(out_dir, resolve_device(cfg.device))
+        foundation = load_foundation(out_dir, device)
         metrics, figures = evaluate(foundation, images, cfg.sample, seed, judge_metrics=cfg.source == "demo")
     timer.seconds["total"] = round(time.perf_counter() - start, 2)
     print(f"[foundation] total: {timer.seconds['total']:.1f} s", flush=True)

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
-from tqdm import tqdm
 
+from ..progress import progress
 from ..io import DataError, atomic_path
 from .config import CLIPConfig
 from .judge import _augment
@@ -108,7 +108,7 @@ def train_clip(images: np.ndarray, labels: np.ndarray, captions: list[str], cfg:
     x, y = to_float_images(images), torch.from_numpy(labels).long()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    for _ in tqdm(range(cfg.steps), desc="clip", mininterval=2):
+    for _ in progress(range(cfg.steps), desc="clip", mininterval=2):
         idx = torch.randint(0, len(x), (cfg.batch_size,))
         image_features = model.encode_image(transform(_augment(x[idx])).to(device))
         loss = contrastive_loss(image_features, model.encode_text(tokens), y[idx].to(device), model.logit_scale.exp())

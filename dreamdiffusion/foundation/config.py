@@ -73,6 +73,7 @@ class SampleConfig:
     inference_steps: int = param(25, min=1)
     per_class: int = param(10, min=1, help="images generated per class caption")
     grid_per_class: int = param(4, min=1, help="images per class in the PNG grids")
+    batch_size: int = param(100, min=1, help="images per UNet/VAE/judge/CLIP batch in the self-evaluation")
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,6 @@ class FoundationConfig:
     """The `foundation` params section."""
 
     source: str = param("demo", choices=["demo", "pretrained"])
-    device: str = param("auto", choices=["auto", "cpu", "cuda"])
-    threads: int = param(0, min=0, help="torch CPU threads (0: torch's default)")
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     clip: CLIPConfig = field(default_factory=CLIPConfig)

@@ -19,12 +19,12 @@ def accuracy(logits: torch.Tensor, labels) -> float:
 
 
 @torch.no_grad()
-def clip_zeroshot_logits(foundation, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+def clip_zeroshot_logits(foundation, images: torch.Tensor, captions: list[str], batch_size: int = 256) -> torch.Tensor:
     """CLIP similarities (N, C) of images (N, 3, H, W) in [0, 1] to each caption."""
     clip, device = foundation.clip, next(foundation.clip.parameters()).device
     text = clip.encode_text(foundation.clip_tokenizer(captions).to(device), normalize=True)
-    feats = [clip.encode_image(foundation.clip_transform(images[i : i + 256]).to(device), normalize=True)
-             for i in range(0, len(images), 256)]
+    feats = [clip.encode_image(foundation.clip_transform(images[i : i + batch_size].to(device)), normalize=True)
+             for i in range(0, len(images), batch_size)]
     return (torch.cat(feats) @ text.T).float().cpu()
 
 
@@ -51,29 +51,45 @@ def _first_per_class(labels: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([np.flatnonzero(labels == c)[:n] for c in np.unique(labels)])
 
 
-def evaluate(foundation, images: ImageSet, cfg: SampleConfig, seed: int, judge_metrics: bool = True):
-    """Metrics dict and figures {'recon', 'captions'} (PIL images) on the val split."""
+def val_batches(foundation, images: ImageSet, batch_size: int, judge_metrics: bool):
+    """Per batch of val images: (rows, images (B, 3, H, W) in [0, 1], reconstructions, metric sums)."""
     val = images.subset("val")
-    x, labels, num_classes = to_float_images(images.images[val]), images.labels[val], len(images.captions)
-    recon = (reconstruct(foundation.vae, x * 2 - 1) + 1) / 2
-    metrics = {"vae_psnr": psnr(recon * 2 - 1, x * 2 - 1), "chance": 1.0 / num_classes, "val_images": len(val)}
-    show = _first_per_class(labels, 2)
-    figures = {"recon": image_grid([x[show], recon[show]], ["val", "recon"])}
+    for start in range(0, len(val), batch_size):
+        rows = val[start : start + batch_size]
+        x, labels = to_float_images(images.images[rows]), images.labels[rows]
+        recon = (reconstruct(foundation.vae, x * 2 - 1, batch_size) + 1) / 2
+        sums = {"vae_psnr": psnr(recon * 2 - 1, x * 2 - 1) * len(rows)}
+        if judge_metrics:
+            judge = lambda imgs: predict(foundation.judge, foundation.judge_transform, imgs, batch_size)  # noqa: E731
+            sums.update(judge_val_acc=accuracy(judge(x), labels) * len(rows),
+                        judge_recon_acc=accuracy(judge(recon), labels) * len(rows),
+                        clip_zeroshot_acc=accuracy(clip_zeroshot_logits(foundation, x, images.captions, batch_size),
+                                                   labels) * len(rows))
+        yield rows, x, recon, sums
+
+
+def evaluate(foundation, images: ImageSet, cfg: SampleConfig, seed: int, judge_metrics: bool = True):
+    """Metrics dict and figures {'recon', 'captions'} (PIL images) on the val split, `cfg.batch_size`
+    images at a time (val images are streamed from disk)."""
+    val, num_classes = images.subset("val"), len(images.captions)
+    show = val[_first_per_class(images.labels[val], 2)].tolist()  # two val images per class, class by class
+    totals, shown = {}, {}
+    for rows, x, recon, sums in val_batches(foundation, images, cfg.batch_size, judge_metrics):
+        totals = {k: totals.get(k, 0.0) + v for k, v in sums.items()}
+        shown.update({row: (x[i], recon[i]) for i, row in enumerate(rows.tolist()) if row in show})
+    metrics = {k: v / len(val) for k, v in totals.items()}
+    metrics.update(chance=1.0 / num_classes, val_images=len(val))
+    figures = {"recon": image_grid([torch.stack([shown[r][0] for r in show]), torch.stack([shown[r][1] for r in show])],
+                                   ["val", "recon"])}
     per_class = cfg.per_class if judge_metrics else cfg.grid_per_class
     targets = np.repeat(np.arange(num_classes), per_class)
     embeds = foundation.caption_embeds[torch.from_numpy(targets)]
     generated = generate(foundation.pipeline(), embeds, foundation.null_embeds, cfg.guidance_scale,
-                         cfg.inference_steps, seed)
+                         cfg.inference_steps, seed, cfg.batch_size)
     rows = [generated[targets == c][: cfg.grid_per_class] for c in range(num_classes)]
     figures["captions"] = image_grid(rows, [c[:40] for c in images.captions])
     if judge_metrics:
-        judge = lambda imgs: predict(foundation.judge, foundation.judge_transform, imgs)  # noqa: E731
-        metrics.update({
-            "judge_val_acc": accuracy(judge(x), labels),
-            "judge_recon_acc": accuracy(judge(recon), labels),
-            "clip_zeroshot_acc": accuracy(clip_zeroshot_logits(foundation, x, images.captions), labels),
-            "caption_to_image_acc": accuracy(judge(generated), targets),
-            "caption_images": len(targets),
-            "guidance_scale": cfg.guidance_scale,
-        })
+        judged = predict(foundation.judge, foundation.judge_transform, generated, cfg.batch_size)
+        metrics.update(caption_to_image_acc=accuracy(judged, targets), caption_images=len(targets),
+                       guidance_scale=cfg.guidance_scale)
     return metrics, figures

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
+from ..progress import progress
 from ..io import DataError, atomic_path
 from .config import JudgeConfig
 
@@ -100,7 +100,7 @@ def train_judge(images: np.ndarray, labels: np.ndarray, class_names: list[str], 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps)
     model.train()
-    for _ in tqdm(range(steps), desc="judge", mininterval=2):
+    for _ in progress(range(steps), desc="judge", mininterval=2):
         idx = torch.randint(0, len(x), (cfg.batch_size,))
         loss = F.cross_entropy(model(transform(_augment(x[idx])).to(device)), y[idx].to(device))
         optimizer.zero_grad(set_to_none=True)

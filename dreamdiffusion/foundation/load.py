@@ -22,9 +22,10 @@ from safetensors.torch import load_file, save_file
 from ..io import DataError, atomic_path
 from .clip_mini import clip_tensor_transform, load_clip
 from .judge import judge_transform, load_judge
-from .pretrained import _load_sd_part
+from .pretrained import _load_sd_part, native_image_size
 
-PARTS = ("stable_diffusion", "clip", "judge")
+PARTS = ("unet", "vae", "scheduler", "clip", "judge")
+ALIASES = {"stable_diffusion": ("unet", "vae", "scheduler")}
 MANIFEST = "manifest.json"
 
 
@@ -60,13 +61,15 @@ class Foundation:
 
     @property
     def clip_embed_dim(self) -> int:
-        """Width of CLIP's projected image embedding (the alignment target)."""
-        return int(self.clip.visual.output_dim)
+        """Width of CLIP's projected image embedding (the alignment target), from its config."""
+        from .clip_mini import CONFIG_NAME
+
+        return int(json.loads((self.root / "clip" / CONFIG_NAME).read_text())["model_cfg"]["embed_dim"])
 
     @property
     def image_size(self) -> int:
-        """Pixel size the pipeline generates by default."""
-        return int(self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1))
+        """Pixel size the pipeline generates (read from the UNet and VAE configs; no model needs loading)."""
+        return native_image_size(self.root / "stable_diffusion")
 
     def pipeline(self, scheduler=None):
         """A StableDiffusionPipeline (no text encoder) that generates from `prompt_embeds`."""
@@ -116,15 +119,17 @@ def load_foundation(root: str | Path, device: str | torch.device = "cpu", parts=
     root = Path(root)
     if not (root / MANIFEST).is_file():
         raise DataError(f"{root / MANIFEST}: missing; build it with the `foundation` stage (dvc repro foundation)")
-    unknown = set(parts) - set(PARTS)
+    parts = {p for part in parts for p in ALIASES.get(part, (part,))}
+    unknown = parts - set(PARTS)
     if unknown:
-        raise ValueError(f"unknown foundation parts {sorted(unknown)}; choose from {PARTS}")
+        raise ValueError(f"unknown foundation parts {sorted(unknown)}; choose from {PARTS} or {list(ALIASES)}")
     caption_embeds, null_embeds, captions = _load_conditioning(root / "conditioning")
     found = Foundation(root, json.loads((root / MANIFEST).read_text()), caption_embeds, null_embeds, captions)
-    if "stable_diffusion" in parts:
-        sd = root / "stable_diffusion"
-        found.unet = _load_sd_part(sd, "unet").to(device).eval()
-        found.vae = _load_sd_part(sd, "vae").to(device).eval()
+    sd = root / "stable_diffusion"
+    for part in ("unet", "vae"):
+        if part in parts:
+            setattr(found, part, _load_sd_part(sd, part).to(device).eval())
+    if "scheduler" in parts:
         found.scheduler = _load_sd_part(sd, "scheduler")
     if "clip" in parts:
         found.clip, found.clip_preprocess, found.clip_tokenizer, pre_cfg = load_clip(root / "clip", device)

@@ -83,23 +83,65 @@ def _load_sd_part(folder: Path, part: str):
         raise DataError(f"{folder / part}: cannot load {part} ({type(err).__name__}: {detail})") from None
 
 
+def native_image_size(folder: Path) -> int:
+    """The pixel size an SD folder generates: the UNet's latent `sample_size` x the VAE's downsampling."""
+    configs = {}
+    for part in ("unet", "vae"):
+        if not (folder / part).is_dir():
+            raise DataError(f"{folder / part}: missing subfolder (a Stable Diffusion folder needs {', '.join(SD_PARTS)})")
+        path = folder / part / "config.json"
+        try:
+            configs[part] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise DataError(f"{path}: cannot read the {part} config ({err})") from None
+    return int(configs["unet"]["sample_size"]) * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+
+
+def check_image_size(folder: Path, image_size: int) -> None:
+    """Refuse processed images whose size is not the model's native size (no silent resizing)."""
+    native = native_image_size(folder)
+    if image_size != native:
+        raise DataError(f"data/processed/images.h5 holds {image_size} px images, but the Stable Diffusion model in "
+                        f"{folder} generates {native} px: set preprocess.image_size: {native} (the real preset does)")
+
+
 @torch.no_grad()
 def sd_prompt_embeds(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
-    """SD's condition for captions: the text encoder's last hidden states (N, 77, width)."""
+    """SD's condition for captions: the text encoder's last hidden states (N, 77, width), on the CPU."""
     tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                        return_tensors="pt")
-    return text_encoder(tokens.input_ids)[0].float()
+    device = next(text_encoder.parameters()).device
+    return text_encoder(tokens.input_ids.to(device))[0].float().cpu()
 
 
-def snapshot_stable_diffusion(folder: Path, out_dir: Path, captions: list[str]):
-    """Save unet/vae/scheduler as a diffusers folder (no text encoder); return (caption, null) embeds."""
-    from .text_to_image import make_pipeline, save_pipeline
+def write_model_index(out_dir: Path, scheduler_class: str) -> None:
+    """model_index.json of a StableDiffusionPipeline without text encoder, tokenizer or safety checker."""
+    import diffusers
 
-    parts = {part: _load_sd_part(folder, part) for part in SD_PARTS}
-    caption_embeds = sd_prompt_embeds(parts["text_encoder"], parts["tokenizer"], captions)
-    null_embeds = sd_prompt_embeds(parts["text_encoder"], parts["tokenizer"], [""])
+    absent = [None, None]
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+             "feature_extractor": absent, "image_encoder": absent, "requires_safety_checker": False,
+             "safety_checker": absent, "scheduler": ["diffusers", scheduler_class], "text_encoder": absent,
+             "tokenizer": absent, "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    (out_dir / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def snapshot_stable_diffusion(folder: Path, out_dir: Path, captions: list[str], device: str = "cpu"):
+    """Save unet/vae/scheduler as a diffusers folder (no text encoder), one part in memory at a time;
+    return the (caption, null) text-encoder states computed on `device`."""
+    text_encoder = _load_sd_part(folder, "text_encoder").to(device).eval()
+    tokenizer = _load_sd_part(folder, "tokenizer")
+    caption_embeds = sd_prompt_embeds(text_encoder, tokenizer, captions)
+    null_embeds = sd_prompt_embeds(text_encoder, tokenizer, [""])
+    del text_encoder
     with atomic_path(out_dir) as tmp:
-        save_pipeline(make_pipeline(parts["unet"], parts["vae"], parts["scheduler"]), tmp)
+        tmp.mkdir()
+        for part in ("unet", "vae", "scheduler"):
+            model = _load_sd_part(folder, part)
+            model.save_pretrained(tmp / part, **({} if part == "scheduler" else {"safe_serialization": True}))
+            scheduler_class = type(model).__name__
+            del model
+        write_model_index(tmp, scheduler_class)
     return caption_embeds, null_embeds
 
 

@@ -9,18 +9,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from tqdm import tqdm
-
+from ..progress import progress
 from .config import UNetConfig
-
-# Stable Diffusion 1.x's noise schedule (eps prediction, scaled-linear betas 0.00085-0.012).
-SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                   prediction_type="epsilon")
+from .shapes import SD15_SCHEDULE
 
 
 def sd_scheduler() -> DDIMScheduler:
     """The sampler saved with the demo pipeline (DDIM on SD's schedule)."""
-    return DDIMScheduler(**SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return DDIMScheduler(**SD15_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
 def build_unet(cfg: UNetConfig, latent_size: int, latent_channels: int, cross_attention_dim: int) -> UNet2DConditionModel:
@@ -42,11 +38,11 @@ def train_unet(latent_mean: torch.Tensor, latent_std: torch.Tensor, labels: torc
     """Train on cached posterior moments (N, C, h, w); `caption_embeds` (classes, T, D), `null_embeds` (1, T, D)."""
     _, channels, size, _ = latent_mean.shape
     unet = build_unet(cfg, size, channels, caption_embeds.shape[-1]).to(device).train()
-    noise_scheduler = DDPMScheduler(**SD_SCHEDULE)
+    noise_scheduler = DDPMScheduler(**SD15_SCHEDULE)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
     conditions = torch.cat([caption_embeds, null_embeds]).to(device)  # (classes + 1, T, D)
-    for _ in tqdm(range(cfg.steps), desc="unet", mininterval=2):
+    for _ in progress(range(cfg.steps), desc="unet", mininterval=2):
         idx = torch.randint(0, len(latent_mean), (cfg.batch_size,))
         latents = (latent_mean[idx] + latent_std[idx] * torch.randn_like(latent_std[idx])).to(device) * scaling_factor
         which = torch.where(torch.rand(len(idx)) < cfg.caption_dropout, len(caption_embeds), labels[idx])

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from tqdm import tqdm
 
+from ..progress import progress
 from .config import VAEConfig
 
 
@@ -28,7 +28,7 @@ def train_vae(images: torch.Tensor, cfg: VAEConfig, device: str = "cpu") -> Auto
     vae = vae.to(device).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    for _ in tqdm(range(cfg.steps), desc="vae", mininterval=2):
+    for _ in progress(range(cfg.steps), desc="vae", mininterval=2):
         batch = images[torch.randint(0, len(images), (cfg.batch_size,))].to(device)
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample()).sample

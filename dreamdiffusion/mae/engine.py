@@ -6,7 +6,8 @@ import time
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress
+from ..rng import draw, sample_generators
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float = 0.0) -> float:
@@ -17,19 +18,25 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def mask_noise(model, seed: int, epoch: int, index: torch.Tensor, device) -> torch.Tensor:
+    """The masking noise (B, T) of each window, keyed by (seed, epoch, window index) only."""
+    tokens = model.config.num_tokens if hasattr(model, "config") else model.module.config.num_tokens
+    return draw("rand", sample_generators(seed, epoch, index), (tokens,), device)
+
+
 def train_one_epoch(model, loader, optimizer, accelerator, schedule: Callable[[int], float], step: int,
-                    clip_grad: float, log_step: Callable[[int, dict], None] | None = None,
+                    clip_grad: float, seed: int, epoch: int, log_step: Callable[[int, dict], None] | None = None,
                     desc: str = "train") -> dict:
     """Train over `loader` once; returns the epoch's mean masked MSE, samples seen and seconds."""
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device)
     samples = torch.zeros((), device=accelerator.device)
     start = time.perf_counter()
-    for (eeg,) in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+    for eeg, index in progress(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
         lr = schedule(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, _, _ = model(eeg)
+        loss, _, _ = model(eeg, noise=mask_noise(model, seed, epoch, index, eeg.device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"masked MSE is {loss.item()} at step {step}: lower the lr or check the corpus")
         accelerator.backward(loss)
@@ -50,18 +57,15 @@ def train_one_epoch(model, loader, optimizer, accelerator, schedule: Callable[[i
 
 @torch.no_grad()
 def evaluate(model, loader, accelerator, seed: int) -> float:
-    """Masked MSE over `loader` with masks drawn from `seed` (the same masks every epoch)."""
+    """Masked MSE over `loader`, each window's mask keyed by (seed, window index): the same every epoch."""
     model.eval()
     mae = accelerator.unwrap_model(model)
-    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
     sums, counts = [], []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed + accelerator.process_index)
-        for (eeg,) in loader:
-            with accelerator.autocast():
-                _, pred, mask = mae(eeg)
-            per_token = (pred.float() - mae.target(eeg)).pow(2).mean(dim=-1)  # (B, T)
-            batch_sums, batch_counts = accelerator.gather_for_metrics(((per_token * mask).sum(1), mask.sum(1)))
-            sums.append(batch_sums)
-            counts.append(batch_counts)
+    for eeg, index in loader:
+        with accelerator.autocast():
+            _, pred, mask = mae(eeg, noise=mask_noise(mae, seed, -1, index, eeg.device))
+        per_token = (pred.float() - mae.target(eeg)).pow(2).mean(dim=-1)  # (B, T)
+        batch_sums, batch_counts = accelerator.gather_for_metrics(((per_token * mask).sum(1), mask.sum(1)))
+        sums.append(batch_sums)
+        counts.append(batch_counts)
     return (torch.cat(sums).sum() / torch.cat(counts).sum().clamp(min=1)).item()

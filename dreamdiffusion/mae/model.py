@@ -1,4 +1,4 @@
-"""EEG masked autoencoder (method.md s.3): 1-D patch tokens over all channels, MAE-style.
+"""EEG masked autoencoder (DreamDiffusion s.3.1; official code sc_mbm/mae_for_eeg.py): 1-D patch tokens over all channels, MAE-style.
 
 A token is `patch` consecutive time steps across all `channels` (Conv1d, kernel = stride =
 patch), so `samples / patch` tokens per window. Fixed 1-D sin-cos positions, a cls token,
@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import ConfigError, param
 
-# method.md s.3; mlp_ratio is not part of it: 1.0 in the official code, ~4 in the paper.
+# DreamDiffusion s.3.1 and its official code; mlp_ratio is not part of it: 1.0 in the official code, ~4 in the paper.
 PRESETS = {
     "paper": dict(width=1024, depth=24, heads=16, patch=4, decoder_width=512,
                   decoder_depth=8, decoder_heads=16, mask_ratio=0.75),
@@ -96,10 +96,12 @@ def unpatchify(tokens: torch.Tensor, channels: int) -> torch.Tensor:
     return eeg.reshape(batch, channels, num_tokens * patch)
 
 
-def random_masking(tokens: torch.Tensor, num_keep: int):
-    """Keep `num_keep` random tokens per sample; mask (B, T) is 1 where a token was dropped."""
+def random_masking(tokens: torch.Tensor, num_keep: int, noise: torch.Tensor | None = None):
+    """Keep the `num_keep` tokens of lowest `noise` (B, T) (uniform if not given) per sample;
+    mask (B, T) is 1 where a token was dropped."""
     batch, num_tokens, width = tokens.shape
-    noise = torch.rand(batch, num_tokens, device=tokens.device)
+    if noise is None:
+        noise = torch.rand(batch, num_tokens, device=tokens.device)
     ids_shuffle = noise.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
     ids_keep = ids_shuffle[:, :num_keep]
@@ -110,11 +112,12 @@ def random_masking(tokens: torch.Tensor, num_keep: int):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention on torch's fused scaled_dot_product_attention."""
+    """Multi-head self-attention: torch's fused scaled_dot_product_attention, or (`fused = False`)
+    the plain softmax(QK^T / sqrt(d)) V of the official code (timm's Attention)."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
-        self.heads = heads
+        self.heads, self.fused = heads, True
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
@@ -122,7 +125,11 @@ class Attention(nn.Module):
         batch, num_tokens, width = x.shape
         qkv = self.qkv(x).reshape(batch, num_tokens, 3, self.heads, width // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D/H)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            weights = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)  # (B, H, T, T)
+            out = weights @ v
         return self.proj(out.transpose(1, 2).reshape(batch, num_tokens, width))
 
 
@@ -141,6 +148,15 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool) -> torch.Tensor:
+    """Apply `blocks` in turn; with `checkpointing` (in training) activations are recomputed in backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False) if checkpointing and torch.is_grad_enabled() else block(x)
+    return x
+
+
 def init_weights(module: nn.Module) -> None:
     """MAE init: xavier-uniform linears with zero bias, unit LayerNorms."""
     if isinstance(module, nn.Linear):
@@ -157,7 +173,7 @@ class EEGEncoder(nn.Module):
 
     def __init__(self, config: MAEConfig):
         super().__init__()
-        self.config = config
+        self.config, self.gradient_checkpointing = config, False
         self.patch_embed = nn.Conv1d(config.channels, config.width, config.patch, stride=config.patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.width))
         self.register_buffer("pos_embed", sincos_positions(config.num_tokens, config.width), persistent=False)
@@ -185,14 +201,12 @@ class EEGEncoder(nn.Module):
     def transform(self, tokens: torch.Tensor) -> torch.Tensor:
         """Prepend the cls token, run the blocks and the final norm: (B, K, D) -> (B, 1+K, D)."""
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
-        x = torch.cat([cls, tokens], dim=1)
-        for block in self.blocks:
-            x = block(x)
+        x = run_blocks(self.blocks, torch.cat([cls, tokens], dim=1), self.gradient_checkpointing)
         return self.norm(x)
 
-    def forward_masked(self, eeg: torch.Tensor, num_keep: int):
+    def forward_masked(self, eeg: torch.Tensor, num_keep: int, noise: torch.Tensor | None = None):
         """Encode a random subset of tokens: latent (B, 1+K, D), mask (B, T), ids_restore (B, T)."""
-        kept, mask, ids_restore = random_masking(self.embed(eeg), num_keep)
+        kept, mask, ids_restore = random_masking(self.embed(eeg), num_keep, noise)
         return self.transform(kept), mask, ids_restore
 
     def forward(self, eeg: torch.Tensor, keep_cls: bool = False) -> torch.Tensor:
@@ -206,6 +220,7 @@ class MAEDecoder(nn.Module):
 
     def __init__(self, config: MAEConfig):
         super().__init__()
+        self.gradient_checkpointing = False
         self.embed = nn.Linear(config.width, config.decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_width))
         self.register_buffer("pos_embed", sincos_positions(config.num_tokens, config.decoder_width), persistent=False)
@@ -223,9 +238,7 @@ class MAEDecoder(nn.Module):
         masked = self.mask_token.expand(batch, num_tokens + 1 - x.shape[1], -1)
         tokens = torch.cat([x[:, 1:], masked], dim=1)  # (B, T, Dd), visible first
         tokens = tokens.gather(1, ids_restore[..., None].expand(-1, -1, x.shape[2]))  # original order
-        x = torch.cat([x[:, :1], tokens], dim=1) + self.pos_embed
-        for block in self.blocks:
-            x = block(x)
+        x = run_blocks(self.blocks, torch.cat([x[:, :1], tokens], dim=1) + self.pos_embed, self.gradient_checkpointing)
         return self.pred(self.norm(x))[:, 1:]  # (B, T, C * patch)
 
 
@@ -251,10 +264,11 @@ class MaskedAutoencoder(nn.Module):
         per_token = (pred.float() - self.target(eeg)).pow(2).mean(dim=-1)  # (B, T)
         return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
-    def forward(self, eeg: torch.Tensor, mask_ratio: float | None = None):
+    def forward(self, eeg: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None):
+        """(loss, pred (B, T, C * patch), mask (B, T)); `noise` (B, T) picks the masked tokens."""
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         num_keep = num_visible(self.config.num_tokens, ratio)
-        latent, mask, ids_restore = self.encoder.forward_masked(eeg, num_keep)
+        latent, mask, ids_restore = self.encoder.forward_masked(eeg, num_keep, noise)
         pred = self.decoder(latent, ids_restore)
         return self.masked_loss(eeg, pred, mask), pred, mask
 

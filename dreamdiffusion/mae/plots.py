@@ -14,10 +14,11 @@ from .model import MaskedAutoencoder, patchify, unpatchify
 def reconstruct(model: MaskedAutoencoder, eeg: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One window (C, L) -> (reconstruction (C, L) in signal units, masked-sample flags (L,))."""
     model.eval()
-    x = torch.from_numpy(eeg[None]).float()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        _, pred, mask = model(x)  # (1, T, C * patch), (1, T)
+    x = torch.from_numpy(np.asarray(eeg)[None]).float()
+    noise = torch.rand(1, model.config.num_tokens, generator=torch.Generator().manual_seed(seed))
+    device = next(model.parameters()).device
+    _, pred, mask = model(x.to(device), noise=noise.to(device))  # (1, T, C * patch), (1, T)
+    pred, mask = pred.float().cpu(), mask.cpu()
     if model.config.norm_target:  # undo the per-patch normalisation with the true patch stats
         target = patchify(x, model.config.patch)
         pred = pred * (target.var(-1, keepdim=True) + 1e-6).sqrt() + target.mean(-1, keepdim=True)

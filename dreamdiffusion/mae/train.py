@@ -17,19 +17,20 @@ from typing import Callable
 
 import numpy as np
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Sampler, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import ConfigError, param, to_dict
+from ..compute import ComputeConfig, accelerator_kwargs, apply_threads, prepare_module
+from ..config import param, to_dict
 from ..data.processed import Corpus
 from ..io import DataError, atomic_path, safe_torch_load
 from .engine import evaluate, lr_at, train_one_epoch
 from .model import MAEConfig, MaskedAutoencoder, param_groups
 
 # Fields that do not change what is trained: they stay out of the resume key.
-NOT_IN_RUN_KEY = ("checkpoint_every", "log_every", "probe_c", "probe_random_inits", "figure_channels", "cpu_threads")
+NOT_IN_RUN_KEY = ("checkpoint_every", "keep_checkpoints", "log_every", "probe_c", "probe_random_inits", "probe_batch_size", "figure_channels")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class PretrainConfig:
     """The `pretrain` params section."""
 
     preset: str = param("custom", choices=["custom", "paper"],
-                        help="custom: `model` as written; paper: method.md s.3 shape (mlp_ratio stays as set)")
+                        help="custom: `model` as written; paper: the paper's s.3.1 shape (mlp_ratio stays as set)")
     model: MAEConfig = param(MAEConfig(), help="shape of the masked autoencoder")
     epochs: int = param(20, min=1)
     batch_size: int = param(64, min=1, help="windows per step per process (paper: 100)")
@@ -49,12 +50,12 @@ class PretrainConfig:
     mixed_precision: str = param("fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype; fp16 needs a GPU")
     val_fraction: float = param(0.1, min=0.0, max=0.9, help="share of corpus recordings held out for val")
     max_windows: int = param(0, min=0, help="use at most this many training windows (0 = all)")
-    cpu_threads: int = param(1, min=0, help="torch intra-op threads on a CPU (0 = torch's default, one per core); "
-                             "1 avoids oversubscription when the cores are shared")
     checkpoint_every: int = param(5, min=1, help="epochs between resume checkpoints")
+    keep_checkpoints: bool = param(False, help="keep the resume checkpoints after a successful run")
     log_every: int = param(1, min=1, help="log step loss / lr to MLflow every this many steps")
     probe_c: float = param(1.0, min=1e-6, help="inverse L2 strength of the linear probe")
     probe_random_inits: int = param(3, min=1, help="random-init encoders the probe baseline averages over")
+    probe_batch_size: int = param(128, min=1, help="windows per encoder forward pass in the probe")
     figure_channels: int = param(4, min=1, help="channels drawn in the reconstruction figure")
 
     def resolved_model(self) -> MAEConfig:
@@ -64,7 +65,7 @@ class PretrainConfig:
 
 @dataclass
 class PretrainResult:
-    """What `train` returns: the trained model (unwrapped, CPU) and per-epoch history."""
+    """What `train` returns: the trained model (unwrapped, on the training device) and per-epoch history."""
 
     model: MaskedAutoencoder
     history: list[dict] = field(default_factory=list)
@@ -83,16 +84,16 @@ def check_corpus(corpus: Corpus, model: MAEConfig, source: str = "corpus") -> No
     eeg = corpus.eeg
     if eeg.ndim != 3 or len(eeg) == 0:
         raise DataError(f"{source}: key 'eeg' has shape {eeg.shape}; expected a non-empty (M, channels, samples) array")
-    if eeg.shape[1:] != (model.channels, model.samples):
+    if tuple(eeg.shape[1:]) != (model.channels, model.samples):
         raise DataError(
-            f"{source}: key 'eeg' has windows of shape {eeg.shape[1:]}, expected ({model.channels}, {model.samples}) "
+            f"{source}: key 'eeg' has windows of shape {tuple(eeg.shape[1:])}, expected ({model.channels}, {model.samples}) "
             f"(channels x samples of pretrain.model; `preprocess` maps channels and resamples)")
     if len(corpus.recording) != len(eeg):
         raise DataError(f"{source}: key 'recording' has {len(corpus.recording)} rows for {len(eeg)} windows")
     if len(eeg) and (corpus.recording.min() < 0 or corpus.recording.max() >= len(corpus.recordings)):
         raise DataError(f"{source}: key 'recording' indexes outside 'recordings' (0..{len(corpus.recordings) - 1})")
-    bad = ~np.isfinite(eeg).all(axis=(1, 2))
-    if bad.any():
+    bad = np.concatenate([~np.isfinite(eeg[i : i + 1024]).all(axis=(1, 2)) for i in range(0, len(eeg), 1024)])
+    if bad.any():  # checked 1024 windows at a time: the corpus need not fit in memory
         raise DataError(f"{source}: key 'eeg' has {int(bad.sum())} window(s) with NaN/Inf, first at row {int(np.argmax(bad))}")
 
 
@@ -178,32 +179,45 @@ def load_checkpoint(path: Path, model, optimizer) -> tuple[list[dict], dict | No
     return json.loads((path / "state.json").read_text())["history"], extra.get("scaler")
 
 
+class CorpusWindows(Dataset):
+    """Window i of `rows` -> (EEG (C, L) float32, its row in the corpus); read from disk per item
+    when the corpus is an on-disk array, so memory does not grow with the corpus."""
+
+    def __init__(self, eeg, rows: np.ndarray):
+        self.eeg, self.rows = eeg, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = int(self.rows[i])
+        return torch.from_numpy(np.ascontiguousarray(self.eeg[row], dtype=np.float32)), row
+
+
 def make_loaders(corpus: Corpus, train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int, seed: int):
     """Training loader (seeded per-epoch shuffle, full batches) and val loader (in order)."""
-    windows = TensorDataset(torch.from_numpy(corpus.eeg))
-    train_set = Subset(windows, train_idx.tolist())
+    train_set = CorpusWindows(corpus.eeg, train_idx)
     if len(train_set) < batch_size:
         raise DataError(f"corpus: {len(train_set)} training windows, fewer than one batch of {batch_size}")
     train_loader = DataLoader(train_set, batch_size=batch_size, sampler=EpochShuffle(len(train_set), seed),
                               drop_last=True)
-    val_loader = DataLoader(Subset(windows, val_idx.tolist()), batch_size=batch_size)
+    val_loader = DataLoader(CorpusWindows(corpus.eeg, val_idx), batch_size=batch_size)
     return train_loader, val_loader
 
 
 def train(config: PretrainConfig, corpus: Corpus, seed: int, resume_root: Path | None = None,
-          data_id: str = "", log: Callable[[dict, int], None] | None = None) -> PretrainResult:
+          data_id: str = "", log: Callable[[dict, int], None] | None = None,
+          compute: ComputeConfig | None = None) -> PretrainResult:
     """Pretrain the masked autoencoder on `corpus`, checkpointing to / resuming from
-    `<resume_root>/<run_key>` (no checkpoints when `resume_root` is None).
+    `<resume_root>/<run_key>` (no checkpoints when `resume_root` is None), on the device and
+    with the speed knobs of `compute`.
 
     `data_id` identifies the corpus (e.g. its sha256) in the run key. `log(metrics, step)`
     receives step loss/lr and epoch losses (main process only).
     """
-    if config.mixed_precision == "fp16" and PartialState().device.type == "cpu":
-        raise ConfigError("pretrain.mixed_precision: fp16 needs a GPU (accelerate would silently train in fp32); "
-                          "use bf16 or fp32 on the CPU")
-    accelerator = Accelerator(mixed_precision="no" if config.mixed_precision == "fp32" else config.mixed_precision)
-    if config.cpu_threads and accelerator.device.type == "cpu":
-        torch.set_num_threads(config.cpu_threads)
+    compute = compute or ComputeConfig()
+    accelerator = Accelerator(**accelerator_kwargs(compute, config.mixed_precision, "pretrain"))
+    apply_threads(compute)
     resume_dir = None
     if resume_root is not None:
         resume_dir = Path(resume_root) / run_key(config, seed, data_id, accelerator.num_processes)
@@ -214,7 +228,7 @@ def train(config: PretrainConfig, corpus: Corpus, seed: int, resume_root: Path |
         train_idx = np.sort(np.random.default_rng(seed).choice(train_idx, config.max_windows, replace=False))
     train_loader, val_loader = make_loaders(corpus, train_idx, val_idx, config.batch_size, seed)
     set_seed(seed)
-    model = MaskedAutoencoder(model_config).to(accelerator.device)
+    model = prepare_module(MaskedAutoencoder(model_config), compute).to(accelerator.device)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
     checkpoint = latest_checkpoint(resume_dir)
     history, scaler_state = load_checkpoint(checkpoint, model, optimizer) if checkpoint else ([], None)
@@ -232,7 +246,7 @@ def train(config: PretrainConfig, corpus: Corpus, seed: int, resume_root: Path |
         set_seed(seed * 1_000_003 + epoch, device_specific=True)
         train_loader.set_epoch(epoch)
         stats = train_one_epoch(model, train_loader, optimizer, accelerator, schedule, epoch * steps_per_epoch,
-                                config.clip_grad, log_step, desc=f"pretrain epoch {epoch + 1}/{config.epochs}")
+                                config.clip_grad, seed, epoch, log_step, desc=f"pretrain epoch {epoch + 1}/{config.epochs}")
         val_loss = evaluate(model, val_loader, accelerator, seed) if len(val_idx) else None
         history.append({"epoch": epoch + 1, "train_loss": stats["loss"], "val_loss": val_loss,
                         "lr": schedule(stats["step"] - 1), "samples": stats["samples"], "seconds": stats["seconds"]})
@@ -242,7 +256,7 @@ def train(config: PretrainConfig, corpus: Corpus, seed: int, resume_root: Path |
             if accelerator.is_main_process:
                 save_checkpoint(resume_dir, model, optimizer, accelerator, history)
             accelerator.wait_for_everyone()
-    trained = accelerator.unwrap_model(model).to("cpu").eval()
+    trained = accelerator.unwrap_model(model).eval()  # stays on the device (the probe runs there too)
     return PretrainResult(model=trained, history=history, resumed_from=resumed_from, resume_dir=resume_dir,
                           is_main_process=accelerator.is_main_process)
 

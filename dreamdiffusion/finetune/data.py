@@ -1,0 +1,133 @@
+"""Fine-tuning data that does not grow with the number of trials.
+
+Each distinct image is encoded once (VAE posterior mean/std, unit CLIP image embedding), in
+batches, into an HDF5 file keyed by the models and the images it was computed from; a trial is
+read from eeg.h5 and that file when its batch is drawn. No per-trial copy of an image exists.
+
+    features.h5
+        rows          int64   [U]             rows of images.h5, sorted
+        latent_mean   float32 [U, c, h, w]    VAE posterior mean (unscaled)
+        latent_std    float32 [U, c, h, w]
+        clip          float32 [U, E]          unit-norm CLIP image embedding
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..data.processed import H5Writer
+from ..foundation.judge import to_float_images
+from ..io import DataError, atomic_path, sha256_file
+
+FEATURES_VERSION = "1"
+
+
+def features_key(foundation_root: Path, images_sha256: str, rows: np.ndarray) -> str:
+    """Names a features file: the foundation's manifest (its files' sha256s), the images, the rows."""
+    digest = hashlib.sha256(FEATURES_VERSION.encode())
+    digest.update(sha256_file(Path(foundation_root) / "manifest.json").encode())
+    digest.update(images_sha256.encode())
+    digest.update(np.asarray(rows, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_batch(foundation, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images (B, 3, H, W) in [0, 1] on the models' device -> posterior mean, std (B, c, h, w), CLIP (B, E)."""
+    posterior = foundation.vae.encode(pixels * 2 - 1).latent_dist
+    clip = F.normalize(foundation.clip.encode_image(foundation.clip_transform(pixels)).float(), dim=-1)
+    return posterior.mean.float(), posterior.std.float(), clip
+
+
+def write_features(foundation, images, rows: np.ndarray, batch_size: int, path: Path) -> None:
+    """Encode image rows `rows` of `images` (N, H, W, 3) uint8, `batch_size` at a time, into `path`."""
+    size = foundation.image_size
+    if tuple(images.shape[1:3]) != (size, size):
+        raise DataError(f"images.h5 holds {images.shape[1]} px images, the foundation works at {size} px: "
+                        f"set preprocess.image_size: {size}")
+    device = next(foundation.vae.parameters()).device
+    with H5Writer(path) as writer:
+        writer.put("rows", np.asarray(rows, dtype=np.int64))
+        for start in range(0, len(rows), batch_size):
+            part = rows[start : start + batch_size]
+            mean, std, clip = encode_batch(foundation, to_float_images(images[part]).to(device))
+            for key, value in (("latent_mean", mean), ("latent_std", std), ("clip", clip)):
+                if start == 0:
+                    writer.rows(key, (len(rows), *value.shape[1:]), np.float32)
+                writer.handle[key][start : start + len(part)] = value.cpu().numpy()
+
+
+def cached_features(cache_dir: Path, key: str, write) -> Path:
+    """`cache_dir/<key>.h5`, written by `write(temp_path)` first if it is not there yet."""
+    path = Path(cache_dir) / f"{key}.h5"
+    if not path.is_file():
+        with atomic_path(path) as tmp:
+            write(tmp)
+    return path
+
+
+class PairedTrials(Dataset):
+    """Trial i -> (trial id, EEG (128, L), latent mean, latent std (c, h, w), CLIP target (E,), label).
+
+    `eeg` may be an on-disk array (read per item); image features come from a features file."""
+
+    def __init__(self, eeg, trial: np.ndarray, image_index: np.ndarray, label: np.ndarray, features: Path):
+        self.eeg, self.trial, self.label, self.features = eeg, np.asarray(trial), np.asarray(label), Path(features)
+        with h5py.File(self.features, "r") as h5:
+            cached = h5["rows"][()]
+        position = np.searchsorted(cached, image_index)
+        if (position >= len(cached)).any() or (cached[np.minimum(position, len(cached) - 1)] != image_index).any():
+            raise DataError(f"{self.features}: lacks features of some images of these trials")
+        self.position, self._file = position, None
+
+    def __len__(self) -> int:
+        return len(self.trial)
+
+    def __getitem__(self, i: int):
+        if self._file is None:
+            self._file = h5py.File(self.features, "r")
+        row = int(self.position[i])
+        item = [torch.from_numpy(np.asarray(self._file[key][row])) for key in ("latent_mean", "latent_std", "clip")]
+        eeg = torch.from_numpy(np.ascontiguousarray(self.eeg[i], dtype=np.float32))
+        return int(self.trial[i]), eeg, *item, int(self.label[i])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None}
+
+
+@dataclass
+class FinetuneData:
+    """What one fine-tuning run reads: train and val trials, and the val trials whose generated
+    images are judged (`probe_rows`, positions in `val`) with the judge's class of their ground truth."""
+
+    train: PairedTrials
+    val: PairedTrials
+    probe_rows: np.ndarray
+    probe_true: np.ndarray
+
+
+def finetune_data(paired, features: Path, image_set, foundation, config) -> FinetuneData:
+    """Train/val trial sets over `features`, and the `config.val_trials` val trials (evenly spaced)
+    that validation generates from, with the judge's class of their ground-truth images."""
+    from ..data.processed import take
+    from ..evaluation import true_classes_from
+    from ..foundation.judge import predict
+
+    def trials(rows):
+        return PairedTrials(take(paired.eeg, rows), paired.trial[rows], paired.image_index[rows], paired.label[rows],
+                            features)
+
+    train, val = paired.subset("train"), paired.subset("val")
+    if len(val) == 0:
+        raise DataError("eeg.h5 has no val trials: validation (and so model selection) needs some")
+    probe = np.linspace(0, len(val) - 1, min(config.val_trials, len(val))).round().astype(int)
+    truth = to_float_images(image_set.images[paired.image_index[val][probe]])
+    logits = predict(foundation.judge, foundation.judge_transform, truth, config.val_batch_size)
+    return FinetuneData(trials(train), trials(val), probe, true_classes_from(logits.numpy()))

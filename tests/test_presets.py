@@ -1,0 +1,60 @@
+"""Presets: the real preset parses into every stage's config; apply keeps params.yaml's comments;
+`run` turns a preset into `dvc exp run -S` arguments; bad presets fail naming the key."""
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dreamdiffusion.config import ConfigError
+from dreamdiffusion.presets import available, leaves, load_preset, merge, validate
+from dreamdiffusion.presets.__main__ import exp_run_command, main
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_shipped_preset_parses_into_every_stage_config(name):
+    validate(merge(PARAMS, load_preset(name)))
+
+
+def test_real_preset_ties_what_must_change_together():
+    real = merge(PARAMS, load_preset("real"))
+    assert real["foundation"]["source"] == "pretrained" and real["preprocess"]["image_size"] == 512
+    assert real["preprocess"]["subjects"] == [4] and real["preprocess"]["splits_index"] == "single"
+    assert real["download"]["splits_index"] == "single" and real["preprocess"]["extra_images"] is False
+    assert real["foundation"]["pretrained"]["judge_image_size"] == 518
+    assert real["pretrain"]["preset"] == "paper" and real["pretrain"]["model"]["mlp_ratio"] == 4.0
+    assert real["pretrain"]["model"]["patch"] == PARAMS["pretrain"]["model"]["patch"]  # nested keys merge, not replace
+    assert real["generate"]["samples_per_eeg"] == 5 and real["finetune"]["lr"] == pytest.approx(5.3e-5)
+
+
+def test_apply_rewrites_params_keeping_comments(tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    assert main(["apply", "real", "--params", str(params)]) == 0
+    text = params.read_text()
+    assert "the paper uses [4]" in text and "# Lists are written in block style" in text  # comments kept
+    assert "eeg_url: null" in text and "      - 22\n" in text  # untouched lines keep their form
+    assert yaml.safe_load(text) == merge(PARAMS, load_preset("real"))
+    assert "[4]" not in text.split("subjects:")[2].splitlines()[0]  # lists stay in block style
+
+
+def test_run_builds_one_set_per_leaf():
+    command = exp_run_command({"preprocess": {"subjects": [4], "image_size": 512}, "foundation": {"source": "pretrained"}},
+                              ["--queue"])
+    assert command == ["dvc", "exp", "run", "-S", "preprocess.subjects=[4]", "-S", "preprocess.image_size=512",
+                       "-S", "foundation.source=pretrained", "--queue"]
+    assert len(leaves(load_preset("real"))) == len(exp_run_command(load_preset("real"), [])[3:]) // 2
+
+
+def test_a_preset_key_params_yaml_lacks_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("finetune:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="finetune.learning_rate"):
+        merge(PARAMS, load_preset(str(bad)))
+    wrong_type = tmp_path / "wrong.yaml"
+    wrong_type.write_text("generate:\n  samples_per_eeg: many\n")
+    assert main(["show", str(wrong_type)]) == 2
+    assert main(["show", "no-such-preset"]) == 2
