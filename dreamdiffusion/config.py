@@ -19,9 +19,12 @@ class ConfigError(ValueError):
     """A params section does not match its typed config."""
 
 
-def param(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, help: str = ""):
-    """A config field with optional allowed `choices` and inclusive `min`/`max` bounds."""
-    meta = {"choices": choices, "min": min, "max": max, "help": help}
+def param(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, help: str = "",
+          run_key: bool = True):
+    """A config field with optional allowed `choices` and inclusive `min`/`max` bounds; `run_key=False`
+    declares a field that does not change what is trained (cadence, reporting), so changing it
+    resumes the same run (see `training.run_key`)."""
+    meta = {"choices": choices, "min": min, "max": max, "help": help, "run_key": run_key}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -56,6 +56,11 @@ def safe_torch_load(path: str | Path) -> Any:
         raise DataError(f"{path}: not a loadable weights-only torch file ({first})") from None
 
 
+def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of a module's state dict, contiguous (what safetensors stores)."""
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

@@ -6,7 +6,6 @@ checkpoints live in checkpoints/finetune/<run key>/ and are removed after a succ
 unless `finetune.keep_checkpoints`. `compute.processes: N` trains on N processes (GPUs).
 """
 import os
-import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -96,8 +95,8 @@ def main(params: dict, run) -> dict:
     write_json(METRICS, metrics)
     for path in (METRICS, GRID, HISTORY):
         run.log_artifact(path)
-    if result.resume_dir is not None and not config.keep_checkpoints:  # finished and written: no longer needed
-        shutil.rmtree(result.resume_dir, ignore_errors=True)
+    if not config.keep_checkpoints:  # finished and written: the resume state is no longer needed
+        result.checkpoints.remove()
     return metrics
 
 

@@ -8,7 +8,6 @@ Multi-GPU: `compute.processes: N` (the stage relaunches itself under `accelerate
 only the main process writes outputs.
 """
 import csv
-import shutil
 from functools import partial
 from pathlib import Path
 
@@ -85,8 +84,8 @@ def main(params: dict, run) -> dict:
     write_json(METRICS, finite_metrics(metrics))
     for path in (METRICS, LOSSES, FIGURE):
         run.log_artifact(path)
-    if result.resume_dir is not None and not config.keep_checkpoints:  # finished and written: no longer needed
-        shutil.rmtree(result.resume_dir, ignore_errors=True)
+    if not config.keep_checkpoints:  # finished and written: the resume state is no longer needed
+        result.checkpoints.remove()
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 

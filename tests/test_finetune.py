@@ -1,11 +1,16 @@
 """Stage B: what trains and what stays frozen, the loss, val selection, resume, no test data."""
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
-
-import h5py
+from test_foundation import make_image_set, tiny_config
 from torch.utils.data import DataLoader
 
 from dreamdiffusion.data.processed import SPLIT_CODES, load_paired_eeg, write_h5
@@ -19,8 +24,6 @@ from dreamdiffusion.foundation.build import Timer, build_demo
 from dreamdiffusion.foundation.load import load_foundation
 from dreamdiffusion.mae.encoder import save_encoder
 from dreamdiffusion.mae.model import EEGEncoder, MAEConfig
-
-from test_foundation import make_image_set, tiny_config
 
 TINY = FinetuneConfig(epochs=2, batch_size=4, lr=1e-3, val_trials=3, val_steps=2, nway=3, nway_trials=5,
                       log_every=1)
@@ -43,6 +46,8 @@ def world(tmp_path_factory):
     write_h5(root / "eeg.h5", dict(eeg=eeg, label=images.labels[stim], image_index=stim,
                                    subject=np.ones(len(stim), np.int64), trial=np.arange(len(stim)),
                                    split=split, class_names=images.class_names))
+    write_h5(root / "images.h5", dict(images=images.images, image_names=images.image_names, labels=images.labels,
+                                      split=images.split, class_names=images.class_names, captions=images.captions))
     return root, images
 
 
@@ -194,3 +199,46 @@ def test_ema_state_is_checkpointed_so_resume_follows_the_uninterrupted_run(world
     assert resumed.resumed_from == 2
     np.testing.assert_allclose([h["val_loss"] for h in resumed.history], [h["val_loss"] for h in full.history],
                                rtol=1e-5)
+
+
+KILLER = """
+import json, os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from test_finetune import make_models
+from dreamdiffusion.config import parse_config
+from dreamdiffusion.data.processed import load_images
+from dreamdiffusion.finetune.train import FinetuneConfig, finetune
+
+root = Path(sys.argv[2])
+config = parse_config(FinetuneConfig, json.loads(sys.argv[1]), "finetune")
+models, data, foundation = make_models((root, load_images(root / "images.h5")), config)
+def log(metrics, step):
+    if "train_loss" in metrics and step == 3:  # epoch 3 trained, its checkpoint not yet written
+        os.kill(os.getpid(), signal.SIGKILL)
+finetune(config, models, data, foundation, 0, root / "kill-resume", "x", log)
+"""
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(world, ema_decay, one_thread):
+    """kill -9 in epoch 3 of 4; the rerun resumes from epoch 2's checkpoint (model, AdamW, EMA, history).
+    One thread everywhere: float sums then add up in the same order in the killed and the resumed process."""
+    from dreamdiffusion.finetune.train import trainable_state
+
+    root, _ = world
+    config = dataclasses.replace(TINY, epochs=4, val_every=1, checkpoint_every=1, ema_decay=ema_decay,
+                                 select_by="val_loss")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILLER, json.dumps(dataclasses.asdict(config)), str(root),
+                             str(Path(__file__).parent)], capture_output=True, text=True, timeout=600, env=env)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = finetune(config, *make_models(world, config), 0, root / "kill-resume", "x")
+    straight = finetune(config, *make_models(world, config), 0)
+    assert resumed.resumed_from == 2 and resumed.best_epoch == straight.best_epoch
+    np.testing.assert_allclose([h["val_loss"] for h in resumed.history], [h["val_loss"] for h in straight.history],
+                               rtol=1e-5)
+    final, uninterrupted = trainable_state(resumed.models), trainable_state(straight.models)
+    assert final.keys() == uninterrupted.keys()
+    for key in final:
+        assert torch.allclose(final[key], uninterrupted[key], atol=1e-6), key

@@ -17,7 +17,7 @@ from dreamdiffusion.data.processed import Corpus, PairedEEG, write_h5
 from dreamdiffusion.io import DataError
 from dreamdiffusion.mae import MAEConfig, load_encoder
 from dreamdiffusion.mae.model import EEGEncoder
-from dreamdiffusion.mae.train import PretrainConfig, latest_checkpoint, run_key, split_by_recording, train
+from dreamdiffusion.mae.train import PretrainConfig, resume_name, split_by_recording, train
 from dreamdiffusion.probe import (cross_validated_probe, linear_probe, pooled_features, probe_encoder,
                                  probe_with_random_init)
 
@@ -42,7 +42,7 @@ def make_corpus(recordings=8, per=8, channels=4, samples=32, seed=0) -> Corpus:
                   recordings=[f"synthetic/r{i}" for i in range(recordings)], sources=["synthetic"] * recordings)
 
 
-def weights(result):
+def weights_of(result):
     return {k: v.clone() for k, v in result.model.state_dict().items()}
 
 
@@ -76,14 +76,14 @@ def test_resume_after_sigkill_continues_the_same_trajectory(tmp_path):
     killed = subprocess.run([sys.executable, "-c", KILLER, json.dumps(to_dict(CONFIG)), str(tmp_path / "corpus.h5"),
                              "3", str(root)], capture_output=True, text=True, timeout=120, env=env)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    checkpoint = latest_checkpoint(root / run_key(CONFIG, 0, "corpus-v1"))
-    assert checkpoint is not None and checkpoint.name == "epoch-0002"
+    saved = sorted(p.name for p in (root / resume_name(CONFIG, 0, "corpus-v1")).glob("epoch-*"))
+    assert saved == ["epoch-0002"]  # epoch 3 was killed before its checkpoint
 
     resumed = train(CONFIG, corpus, 0, root, "corpus-v1")
     assert resumed.resumed_from == 2 and len(resumed.history) == 5
     straight = train(CONFIG, corpus, 0, None)
     assert straight.resumed_from == 0
-    assert_same_weights(weights(resumed), weights(straight))
+    assert_same_weights(weights_of(resumed), weights_of(straight))
     for a, b in zip(resumed.history, straight.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
@@ -91,9 +91,25 @@ def test_resume_after_sigkill_continues_the_same_trajectory(tmp_path):
 
     again = train(CONFIG, corpus, 0, root, "corpus-v1")  # finished run: nothing left to train
     assert again.resumed_from == 5
-    assert_same_weights(weights(again), weights(straight))
+    assert_same_weights(weights_of(again), weights_of(straight))
     cosmetic = train(dataclasses.replace(CONFIG, checkpoint_every=1, log_every=3), corpus, 0, root, "corpus-v1")
     assert cosmetic.resumed_from == 5  # checkpoint/log cadence does not change what is trained
+
+
+def test_a_damaged_checkpoint_is_reported_and_the_previous_one_resumed(tmp_path, capfd):
+    corpus = make_corpus()
+    config = dataclasses.replace(CONFIG, checkpoint_every=1)
+    train(config, corpus, 0, tmp_path, "corpus-v1", stop_after=4)
+    folder = tmp_path / resume_name(config, 0, "corpus-v1")
+    assert sorted(p.name for p in folder.glob("epoch-*")) == ["epoch-0003", "epoch-0004"]  # the last two kept
+    weights = folder / "epoch-0004" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8] ^= 0xFF  # one flipped byte inside the tensor data
+    weights.write_bytes(bytes(data))
+    resumed = train(config, corpus, 0, tmp_path, "corpus-v1")
+    err = capfd.readouterr().err
+    assert resumed.resumed_from == 3 and "epoch-0004" in err and "model.safetensors does not match its sha256" in err
+    assert_same_weights(weights_of(resumed), weights_of(train(config, corpus, 0, None)))
 
 
 @pytest.mark.parametrize("change", [dict(lr=1e-3), dict(model=dataclasses.replace(MODEL, mask_ratio=0.75)),
@@ -103,9 +119,9 @@ def test_changed_params_start_fresh(tmp_path, change):
     train(dataclasses.replace(CONFIG, epochs=2), corpus, 0, tmp_path, "corpus-v1")
     base = dataclasses.replace(CONFIG, epochs=2)
     changed = dataclasses.replace(base, **change)
-    assert run_key(changed, 0, "corpus-v1") != run_key(base, 0, "corpus-v1")
-    assert run_key(base, 1, "corpus-v1") != run_key(base, 0, "corpus-v1")
-    assert run_key(base, 0, "corpus-v2") != run_key(base, 0, "corpus-v1")
+    assert resume_name(changed, 0, "corpus-v1") != resume_name(base, 0, "corpus-v1")
+    assert resume_name(base, 1, "corpus-v1") != resume_name(base, 0, "corpus-v1")
+    assert resume_name(base, 0, "corpus-v2") != resume_name(base, 0, "corpus-v1")
     if "preset" not in change:  # (the paper preset is too big to train here)
         assert train(changed, corpus, 0, tmp_path, "corpus-v1").resumed_from == 0
     assert train(base, corpus, 0, tmp_path, "corpus-v2").resumed_from == 0  # new data, new run

@@ -7,8 +7,6 @@ split is never read here.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,21 +15,20 @@ from typing import Callable
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from ..compute import ComputeConfig, accelerator_kwargs, apply_threads, prepare_module
 from ..config import ConfigError, param, to_dict
-from ..io import DataError, atomic_path
+from ..io import DataError
 from ..mae.encoder import load_encoder
 from ..mae.train import EpochShuffle
+from ..training import Checkpoints, History, run_epochs
 from .data import FinetuneData
 from .engine import Models, train_one_epoch, val_losses, val_nway
 from .model import ConditionerConfig, EEGConditioner, unet_time_dim
 from .trainable import set_unet_trainable
 
-# Fields that do not change what is trained: they stay out of the resume key.
-NOT_IN_RUN_KEY = ("checkpoint_every", "keep_checkpoints", "log_every", "val_batch_size", "encode_batch_size")
+CODE = [Path(__file__).parent / name for name in ("model.py", "engine.py", "train.py", "trainable.py", "sample.py")]
 
 
 @dataclass(frozen=True)
@@ -56,8 +53,8 @@ class FinetuneConfig:
     clip_grad: float = param(0.5, min=0.0)
     mixed_precision: str = param("fp32", choices=["fp32", "bf16", "fp16"])
     ema_decay: float = param(0.0, min=0.0, max=1.0, help="0 = no EMA")
-    encode_batch_size: int = param(64, min=1, help="images per VAE/CLIP batch when encoding the images once")
-    val_batch_size: int = param(32, min=1, help="trials per batch in validation (losses, generation, judge)")
+    encode_batch_size: int = param(64, min=1, help="images per VAE/CLIP batch when encoding the images once", run_key=False)
+    val_batch_size: int = param(32, min=1, help="trials per batch in validation (losses, generation, judge)", run_key=False)
     val_every: int = param(1, min=1)
     val_trials: int = param(40, min=1, help="val trials generated for the quick n-way accuracy")
     val_steps: int = param(10, min=1)
@@ -65,9 +62,9 @@ class FinetuneConfig:
     nway: int = param(50, min=2)
     nway_trials: int = param(50, min=1)
     select_by: str = param("val_nway_top1", choices=["val_nway_top1", "val_loss"])
-    checkpoint_every: int = param(1, min=1)
-    keep_checkpoints: bool = param(False, help="keep the resume checkpoint after a successful run")
-    log_every: int = param(5, min=1)
+    checkpoint_every: int = param(1, min=1, run_key=False)
+    keep_checkpoints: bool = param(False, help="keep the resume checkpoint after a successful run", run_key=False)
+    log_every: int = param(5, min=1, run_key=False)
 
     def __post_init__(self):
         if not self.train_encoder and self.encoder_init == "random" and self.train_unet == "none":
@@ -121,45 +118,12 @@ def load_trainable_state(models: Models, state: dict[str, torch.Tensor]) -> None
             params[name].copy_(value.to(params[name].device))
 
 
-def run_key(config: FinetuneConfig, seed: int, inputs_id: str, processes: int = 1) -> str:
-    """Hash of what shapes training (params, seed, inputs, code): the resume dir's name."""
-    code = hashlib.sha256(b"".join((Path(__file__).parent / n).read_bytes()
-                                   for n in ("model.py", "engine.py", "train.py", "trainable.py", "sample.py"))).hexdigest()
-    payload = {"config": {k: v for k, v in to_dict(config).items() if k not in NOT_IN_RUN_KEY},
-               "seed": seed, "inputs": inputs_id, "code": code, "processes": processes}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+def resume_name(config: FinetuneConfig, seed: int, inputs_id: str, processes: int = 1) -> str:
+    """The resume folder's name: a hash of what shapes training (params, seed, inputs, code, processes)."""
+    from .. import rng, training
 
-
-def save_checkpoint(resume_dir: Path, models: Models, optimizer, history: list[dict], best: dict, ema=None) -> None:
-    """Trainable weights, optimizer (and EMA) state, history and the best-so-far weights, atomically."""
-    with atomic_path(resume_dir / "last") as tmp:
-        tmp.mkdir()
-        save_file(trainable_state(models), str(tmp / "trainable.safetensors"))
-        save_file(best["state"], str(tmp / "best.safetensors"))
-        extra = {"optimizer": optimizer.state_dict()}
-        if ema is not None:
-            extra["ema"] = ema.state_dict()
-        torch.save(extra, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"history": history, "best_epoch": best["epoch"],
-                                                    "best_score": best["score"]}))
-
-
-def load_checkpoint(resume_dir: Path, models: Models, optimizer, ema=None) -> tuple[list[dict], dict] | None:
-    """Restore the last checkpoint in place (the EMA too, when there is one); None when there is none."""
-    from ..io import safe_torch_load
-
-    path = resume_dir / "last"
-    if not (path / "state.json").is_file():
-        return None
-    load_trainable_state(models, load_file(str(path / "trainable.safetensors")))
-    extra = safe_torch_load(path / "optimizer.pt")
-    optimizer.load_state_dict(extra["optimizer"])
-    if ema is not None:
-        ema.load_state_dict(extra["ema"])
-    meta = json.loads((path / "state.json").read_text())
-    best = {"epoch": meta["best_epoch"], "score": meta["best_score"],
-            "state": load_file(str(path / "best.safetensors"))}
-    return meta["history"], best
+    return training.run_key(config, seed=seed, inputs=inputs_id, processes=processes,
+                            code=training.code_digest(*CODE, Path(training.__file__), Path(rng.__file__)))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -173,9 +137,13 @@ class FinetuneResult:
     best_epoch: int = 0
     resumed_from: int = 0
     seconds: float = 0.0
-    val_nway: int = 0  # the n of the val n-way accuracy actually computed
-    resume_dir: Path | None = None
+    checkpoints: Checkpoints | None = None
     is_main_process: bool = True
+
+    @property
+    def val_nway(self) -> int:
+        """The n of the val n-way accuracy as computed (0 before any validation)."""
+        return next((h["val_nway"] for h in reversed(self.history) if "val_nway" in h), 0)
 
 
 def make_optimizer(models: Models, config: FinetuneConfig) -> torch.optim.Optimizer:
@@ -210,28 +178,17 @@ def validate(models: Models, data: FinetuneData, foundation, config: FinetuneCon
     return record
 
 
-def finetune(config: FinetuneConfig, models: Models, data: FinetuneData, foundation, seed: int,
-             resume_root: Path | None = None, inputs_id: str = "", log: Callable[[dict, int], None] | None = None,
-             stop_after: int | None = None, compute: ComputeConfig | None = None) -> FinetuneResult:
-    """Train, validate every `val_every` epochs (main process), keep the best on val; resumable from `resume_root`."""
-    start_time, compute = time.perf_counter(), compute or ComputeConfig()
-    # a step whose batch drops no condition leaves the null condition without a gradient: DDP must allow it
+def make_accelerator(config: FinetuneConfig, compute: ComputeConfig) -> Accelerator:
+    """The accelerator; DDP may meet a step that leaves the null condition without a gradient."""
     unused = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(**accelerator_kwargs(compute, config.mixed_precision, "finetune"), kwargs_handlers=[unused])
-    apply_threads(compute)
-    set_seed(seed)
+    return Accelerator(**accelerator_kwargs(compute, config.mixed_precision, "finetune"), kwargs_handlers=[unused])
+
+
+def prepare(models: Models, config: FinetuneConfig, data: FinetuneData, accelerator, compute: ComputeConfig, seed: int):
+    """Models on the device (the trained ones wrapped for DDP), their optimizer and the train loader."""
     for module in (models.conditioner, models.unet):
         prepare_module(module, compute)
     optimizer = make_optimizer(models, config)
-    ema = None
-    if config.ema_decay:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(models.trainable(), decay=config.ema_decay)
-    resume_dir = Path(resume_root) / run_key(config, seed, inputs_id, accelerator.num_processes) if resume_root else None
-    restored = load_checkpoint(resume_dir, models, optimizer, ema) if resume_dir else None
-    history, best = restored or ([], {"epoch": 0, "score": None, "state": trainable_state(models)})
-    resumed_from = len(history)
     if len(data.train) < config.batch_size * accelerator.num_processes:
         raise DataError(f"{len(data.train)} training trials, fewer than one batch of {config.batch_size} "
                         f"x {accelerator.num_processes} process(es)")
@@ -241,32 +198,64 @@ def finetune(config: FinetuneConfig, models: Models, data: FinetuneData, foundat
     models.vae, models.unet = models.vae.to(accelerator.device), models.unet.to(accelerator.device)
     if any(p.requires_grad for p in models.unet.parameters()):  # gradients all-reduced across processes
         models.unet = accelerator.prepare(models.unet)
-    unwrapped = lambda: dataclasses.replace(  # noqa: E731
-        models, conditioner=accelerator.unwrap_model(models.conditioner), unet=accelerator.unwrap_model(models.unet))
-    if ema is not None:
-        ema.to(accelerator.device)
-    step, n_way = resumed_from * len(loader), 0
-    end = config.epochs if stop_after is None else min(config.epochs, stop_after)
-    for epoch in range(resumed_from, end):
+    return optimizer, loader
+
+
+def make_ema(models: Models, config: FinetuneConfig, device):
+    """An EMA of the trainable parameters (diffusers' EMAModel), or None when `ema_decay` is 0."""
+    if not config.ema_decay:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(models.trainable(), decay=config.ema_decay)
+    ema.to(device)
+    return ema
+
+
+def epoch_runner(models: Models, unwrapped, loader, optimizer, accelerator, data: FinetuneData, foundation,
+                 config: FinetuneConfig, seed: int, log, ema, history: History):
+    """`one_epoch(epoch) -> record`: train once over the loader, validate when due (main process),
+    and keep the best trainable state on val in `history.best`."""
+
+    def one_epoch(epoch: int) -> dict:
         loader.set_epoch(epoch)  # the prepared loader passes it on to the sampler
-        train_stats, step = train_one_epoch(models, loader, optimizer, accelerator, config, seed, epoch, step, log, ema)
-        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_stats.items()}}
+        stats, _ = train_one_epoch(models, loader, optimizer, accelerator, config, seed, epoch, epoch * len(loader),
+                                   log, ema)
+        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
         if accelerator.is_main_process and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
             record.update(validate(unwrapped(), data, foundation, config, seed, ema))
-            n_way = record.pop("val_nway")
-            score = record[config.select_by]
-            if is_better(score, best, config.select_by):
-                best = {"epoch": epoch + 1, "score": score, "state": trainable_state(unwrapped())}
-        history.append(record)
+            if is_better(record[config.select_by], history.best, config.select_by):
+                history.best = {"epoch": epoch + 1, "score": record[config.select_by],
+                                "state": trainable_state(unwrapped())}
         if log is not None and accelerator.is_main_process:
             log({k: v for k, v in record.items() if k != "epoch"}, epoch + 1)
-        if resume_dir is not None and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs):
-            if accelerator.is_main_process:
-                save_checkpoint(resume_dir, unwrapped(), optimizer, history, best, ema)
-        accelerator.wait_for_everyone()
+        return record
+
+    return one_epoch
+
+
+def finetune(config: FinetuneConfig, models: Models, data: FinetuneData, foundation, seed: int,
+             resume_root: Path | None = None, inputs_id: str = "", log: Callable[[dict, int], None] | None = None,
+             stop_after: int | None = None, compute: ComputeConfig | None = None) -> FinetuneResult:
+    """Train, validate every `val_every` epochs (main process), keep the best on val; resumable from `resume_root`."""
+    start_time, compute = time.perf_counter(), compute or ComputeConfig()
+    accelerator = make_accelerator(config, compute)
+    apply_threads(compute)
+    set_seed(seed)
+    optimizer, loader = prepare(models, config, data, accelerator, compute, seed)
+    unwrapped = lambda: dataclasses.replace(  # noqa: E731
+        models, conditioner=accelerator.unwrap_model(models.conditioner), unet=accelerator.unwrap_model(models.unet))
+    ema, history = make_ema(models, config, accelerator.device), History()
+    history.best["state"] = trainable_state(unwrapped())
+    accelerator.register_for_checkpointing(history, *([ema] if ema is not None else []))
+    resume = Path(resume_root) / resume_name(config, seed, inputs_id, accelerator.num_processes) if resume_root else None
+    checkpoints = Checkpoints(accelerator, resume)
+    one_epoch = epoch_runner(models, unwrapped, loader, optimizer, accelerator, data, foundation, config, seed, log,
+                             ema, history)
+    resumed = run_epochs(checkpoints, history, config.epochs, one_epoch, config.checkpoint_every, seed, stop_after)
     models = unwrapped()
-    load_trainable_state(models, best["state"])
+    load_trainable_state(models, history.best["state"])
     models.conditioner.eval()
     models.unet.eval()
-    return FinetuneResult(models, history, best["epoch"], resumed_from, time.perf_counter() - start_time, n_way,
-                          resume_dir, accelerator.is_main_process)
+    return FinetuneResult(models, history.records, history.best["epoch"], resumed, time.perf_counter() - start_time,
+                          checkpoints, accelerator.is_main_process)

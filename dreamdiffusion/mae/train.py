@@ -1,16 +1,13 @@
 """The pretraining loop: accelerate (CPU / GPU / multi-GPU), AdamW, warmup + cosine, resumable.
 
-Resume: every `checkpoint_every` epochs the model, optimizer (and fp16 scaler) state and the
-loss history are written atomically to `<resume_dir>/epoch-NNNN/`. A restarted run loads the
-newest one and continues; since all randomness (shuffle, masks) is re-seeded from
-(seed, epoch) at each epoch start, the continued run follows the uninterrupted trajectory.
-Callers key `resume_dir` by `run_key(...)`, so changed params never resume an old run.
+Checkpoints and resume come from the training core (`dreamdiffusion.training`): every
+`checkpoint_every` epochs the whole training state is saved under `<resume_root>/<resume_name>/`,
+and a restarted run continues from the newest intact checkpoint on the same trajectory (the
+shuffle is keyed by (seed, epoch), the masks by (seed, epoch, window)). Changed params, data or
+code give a new resume name, so they never resume an old run.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,18 +16,17 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..compute import ComputeConfig, accelerator_kwargs, apply_threads, prepare_module
-from ..config import param, to_dict
+from ..config import param
 from ..data.processed import Corpus
-from ..io import DataError, atomic_path, safe_torch_load
+from ..io import DataError
+from ..training import Checkpoints, History, run_epochs
 from .engine import evaluate, lr_at, train_one_epoch
 from .model import MAEConfig, MaskedAutoencoder, param_groups
 
-# Fields that do not change what is trained: they stay out of the resume key.
-NOT_IN_RUN_KEY = ("checkpoint_every", "keep_checkpoints", "log_every", "probe_c", "probe_random_inits", "probe_batch_size", "figure_channels")
+CODE = [Path(__file__).parent / name for name in ("model.py", "engine.py", "train.py")]
 
 
 @dataclass(frozen=True)
@@ -50,13 +46,13 @@ class PretrainConfig:
     mixed_precision: str = param("fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype; fp16 needs a GPU")
     val_fraction: float = param(0.1, min=0.0, max=0.9, help="share of corpus recordings held out for val")
     max_windows: int = param(0, min=0, help="use at most this many training windows (0 = all)")
-    checkpoint_every: int = param(5, min=1, help="epochs between resume checkpoints")
-    keep_checkpoints: bool = param(False, help="keep the resume checkpoints after a successful run")
-    log_every: int = param(1, min=1, help="log step loss / lr to MLflow every this many steps")
-    probe_c: float = param(1.0, min=1e-6, help="inverse L2 strength of the linear probe")
-    probe_random_inits: int = param(3, min=1, help="random-init encoders the probe baseline averages over")
-    probe_batch_size: int = param(128, min=1, help="windows per encoder forward pass in the probe")
-    figure_channels: int = param(4, min=1, help="channels drawn in the reconstruction figure")
+    checkpoint_every: int = param(5, min=1, help="epochs between resume checkpoints", run_key=False)
+    keep_checkpoints: bool = param(False, help="keep the resume checkpoints after a successful run", run_key=False)
+    log_every: int = param(1, min=1, help="log step loss / lr to MLflow every this many steps", run_key=False)
+    probe_c: float = param(1.0, min=1e-6, help="inverse L2 strength of the linear probe", run_key=False)
+    probe_random_inits: int = param(3, min=1, help="random-init encoders the probe baseline averages over", run_key=False)
+    probe_batch_size: int = param(128, min=1, help="windows per encoder forward pass in the probe", run_key=False)
+    figure_channels: int = param(4, min=1, help="channels drawn in the reconstruction figure", run_key=False)
 
     def resolved_model(self) -> MAEConfig:
         """The model config with the preset applied."""
@@ -70,7 +66,7 @@ class PretrainResult:
     model: MaskedAutoencoder
     history: list[dict] = field(default_factory=list)
     resumed_from: int = 0  # epochs already done by an earlier (interrupted) run
-    resume_dir: Path | None = None
+    checkpoints: Checkpoints | None = None
     is_main_process: bool = True
 
     @property
@@ -111,21 +107,12 @@ def split_by_recording(recording: np.ndarray, val_fraction: float, seed: int) ->
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
-def code_fingerprint() -> str:
-    """sha256 of this package's training code: a code change must not resume an old run."""
-    digest = hashlib.sha256()
-    for name in ("model.py", "engine.py", "train.py"):
-        digest.update((Path(__file__).parent / name).read_bytes())
-    return digest.hexdigest()
+def resume_name(config: PretrainConfig, seed: int, data_id: str, processes: int = 1) -> str:
+    """The resume folder's name: a hash of what shapes the training trajectory."""
+    from .. import rng, training
 
-
-def run_key(config: PretrainConfig, seed: int, data_sha256: str, num_processes: int = 1) -> str:
-    """Short hash of everything that shapes the training trajectory (the resume dir name)."""
-    fields = {k: v for k, v in to_dict(config).items() if k not in NOT_IN_RUN_KEY}
-    fields["model"] = to_dict(config.resolved_model())
-    payload = {"config": fields, "seed": seed, "data": data_sha256, "processes": num_processes,
-               "code": code_fingerprint()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return training.run_key(config, model=config.resolved_model(), seed=seed, data=data_id, processes=processes,
+                            code=training.code_digest(*CODE, Path(training.__file__), Path(rng.__file__)))
 
 
 class EpochShuffle(Sampler):
@@ -143,40 +130,6 @@ class EpochShuffle(Sampler):
 
     def __len__(self) -> int:
         return self.n
-
-
-def latest_checkpoint(resume_dir: Path | None) -> Path | None:
-    """The newest complete `epoch-NNNN` checkpoint in `resume_dir`, if any."""
-    if resume_dir is None or not resume_dir.is_dir():
-        return None
-    done = sorted(p for p in resume_dir.glob("epoch-*") if (p / "state.json").is_file())
-    return done[-1] if done else None
-
-
-def save_checkpoint(resume_dir: Path, model, optimizer, accelerator, history: list[dict]) -> Path:
-    """Write model/optimizer/scaler state and history to `<resume_dir>/epoch-NNNN` (atomically); drop older ones."""
-    path = resume_dir / f"epoch-{len(history):04d}"
-    state = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-    with atomic_path(path) as tmp:
-        tmp.mkdir()
-        save_file(state, str(tmp / "model.safetensors"))
-        extra = {"optimizer": optimizer.state_dict()}
-        if accelerator.scaler is not None:
-            extra["scaler"] = accelerator.scaler.state_dict()
-        torch.save(extra, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"epoch": len(history), "history": history}, indent=1))
-    for old in resume_dir.glob("epoch-*"):
-        if old != path:
-            shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
-def load_checkpoint(path: Path, model, optimizer) -> tuple[list[dict], dict | None]:
-    """Restore model and optimizer in place (before `prepare`); returns (history, fp16 scaler state)."""
-    model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(next(model.parameters()).device)))
-    extra = safe_torch_load(path / "optimizer.pt")
-    optimizer.load_state_dict(extra["optimizer"])
-    return json.loads((path / "state.json").read_text())["history"], extra.get("scaler")
 
 
 class CorpusWindows(Dataset):
@@ -207,58 +160,62 @@ def make_loaders(corpus: Corpus, train_idx: np.ndarray, val_idx: np.ndarray, bat
 
 def train(config: PretrainConfig, corpus: Corpus, seed: int, resume_root: Path | None = None,
           data_id: str = "", log: Callable[[dict, int], None] | None = None,
-          compute: ComputeConfig | None = None) -> PretrainResult:
+          compute: ComputeConfig | None = None, stop_after: int | None = None) -> PretrainResult:
     """Pretrain the masked autoencoder on `corpus`, checkpointing to / resuming from
-    `<resume_root>/<run_key>` (no checkpoints when `resume_root` is None), on the device and
-    with the speed knobs of `compute`.
-
-    `data_id` identifies the corpus (e.g. its sha256) in the run key. `log(metrics, step)`
-    receives step loss/lr and epoch losses (main process only).
-    """
+    `<resume_root>/<resume_name>` (no checkpoints when `resume_root` is None), on the device and
+    with the speed knobs of `compute`. `data_id` identifies the corpus (e.g. its sha256);
+    `log(metrics, step)` receives step loss/lr and epoch losses (main process only)."""
     compute = compute or ComputeConfig()
     accelerator = Accelerator(**accelerator_kwargs(compute, config.mixed_precision, "pretrain"))
     apply_threads(compute)
-    resume_dir = None
-    if resume_root is not None:
-        resume_dir = Path(resume_root) / run_key(config, seed, data_id, accelerator.num_processes)
     model_config = config.resolved_model()
     check_corpus(corpus, model_config)
+    train_idx, val_idx = training_windows(corpus, config, seed)
+    train_loader, val_loader = make_loaders(corpus, train_idx, val_idx, config.batch_size, seed)
+    set_seed(seed)
+    model = prepare_module(MaskedAutoencoder(model_config), compute)
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    history = History()
+    accelerator.register_for_checkpointing(history)
+    resume = Path(resume_root) / resume_name(config, seed, data_id, accelerator.num_processes) if resume_root else None
+    checkpoints = Checkpoints(accelerator, resume)
+    one_epoch = epoch_runner(model, optimizer, train_loader, val_loader if len(val_idx) else None, accelerator,
+                             config, seed, log)
+    resumed = run_epochs(checkpoints, history, config.epochs, one_epoch, config.checkpoint_every, seed, stop_after)
+    return PretrainResult(accelerator.unwrap_model(model).eval(), history.records, resumed, checkpoints,
+                          accelerator.is_main_process)
+
+
+def training_windows(corpus: Corpus, config: PretrainConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) window indices: split by recording, the train part capped at `max_windows`."""
     train_idx, val_idx = split_by_recording(corpus.recording, config.val_fraction, seed)
     if config.max_windows and len(train_idx) > config.max_windows:
         train_idx = np.sort(np.random.default_rng(seed).choice(train_idx, config.max_windows, replace=False))
-    train_loader, val_loader = make_loaders(corpus, train_idx, val_idx, config.batch_size, seed)
-    set_seed(seed)
-    model = prepare_module(MaskedAutoencoder(model_config), compute).to(accelerator.device)
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
-    checkpoint = latest_checkpoint(resume_dir)
-    history, scaler_state = load_checkpoint(checkpoint, model, optimizer) if checkpoint else ([], None)
-    resumed_from = len(history)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    if scaler_state is not None and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(scaler_state)
+    return train_idx, val_idx
+
+
+def epoch_runner(model, optimizer, train_loader, val_loader, accelerator, config: PretrainConfig, seed: int,
+                 log: Callable[[dict, int], None] | None) -> Callable[[int], dict]:
+    """`one_epoch(epoch) -> record`: train over the corpus once, then the val masked MSE."""
     steps_per_epoch = len(train_loader)
     total_steps, warmup_steps = config.epochs * steps_per_epoch, round(config.warmup_epochs * steps_per_epoch)
     schedule = lambda step: lr_at(step, total_steps, warmup_steps, config.lr, config.min_lr)  # noqa: E731
     log_step = None
     if log is not None:
         log_step = lambda step, m: log(m, step) if step % config.log_every == 0 else None  # noqa: E731
-    for epoch in range(resumed_from, config.epochs):
-        set_seed(seed * 1_000_003 + epoch, device_specific=True)
+
+    def one_epoch(epoch: int) -> dict:
         train_loader.set_epoch(epoch)
         stats = train_one_epoch(model, train_loader, optimizer, accelerator, schedule, epoch * steps_per_epoch,
                                 config.clip_grad, seed, epoch, log_step, desc=f"pretrain epoch {epoch + 1}/{config.epochs}")
-        val_loss = evaluate(model, val_loader, accelerator, seed) if len(val_idx) else None
-        history.append({"epoch": epoch + 1, "train_loss": stats["loss"], "val_loss": val_loss,
-                        "lr": schedule(stats["step"] - 1), "samples": stats["samples"], "seconds": stats["seconds"]})
+        val_loss = evaluate(model, val_loader, accelerator, seed) if val_loader is not None else None
         if log is not None and accelerator.is_main_process:
             log({"epoch_train_loss": stats["loss"], "val_loss": val_loss}, epoch + 1)
-        if resume_dir is not None and ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs):
-            if accelerator.is_main_process:
-                save_checkpoint(resume_dir, model, optimizer, accelerator, history)
-            accelerator.wait_for_everyone()
-    trained = accelerator.unwrap_model(model).eval()  # stays on the device (the probe runs there too)
-    return PretrainResult(model=trained, history=history, resumed_from=resumed_from, resume_dir=resume_dir,
-                          is_main_process=accelerator.is_main_process)
+        return {"epoch": epoch + 1, "train_loss": stats["loss"], "val_loss": val_loss,
+                "lr": schedule(stats["step"] - 1), "samples": stats["samples"], "seconds": stats["seconds"]}
+
+    return one_epoch
 
 
 def split_counts(corpus: Corpus, config: PretrainConfig, seed: int) -> dict:
