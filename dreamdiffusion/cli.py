@@ -10,6 +10,7 @@ from typing import Any, Callable
 from .compute import is_main_process, relaunch
 from .config import ConfigError, load_params, to_dict
 from .io import DataError
+from .results import StageResult
 from .tracking import project_root, stage_run
 
 PARAMS_FILE = "params.yaml"
@@ -26,10 +27,11 @@ def _plain(value):
     return to_dict(value) if hasattr(value, "__dataclass_fields__") else value
 
 
-def run_stage(name: str, spec: dict[str, Any], body: Callable[[dict, Any], dict],
+def run_stage(name: str, spec: dict[str, Any], body: Callable[[dict, Callable], StageResult | None],
               params_file: str = PARAMS_FILE, distributed: bool = False) -> None:
-    """Load `spec` from the params file, open the stage's MLflow run, call `body(params, run)`
-    (which returns the stage's metrics) and exit non-zero with a one-line message on bad input.
+    """Load `spec` from the params file, open the stage's MLflow run, call `body(params, log)` (`log(metrics,
+    step)` logs step metrics; it returns the library's StageResult, None on a non-main process), log its
+    metrics and artifacts, and exit non-zero with a one-line message on bad input.
 
     A `distributed` stage with `compute.processes` > 1 runs again under `accelerate launch`; of
     the launched processes only rank 0 logs to MLflow (and, by the stage's own rule, writes)."""
@@ -40,10 +42,11 @@ def run_stage(name: str, spec: dict[str, Any], body: Callable[[dict, Any], dict]
             sys.exit(code)
         tracking = params["tracking"] if is_main_process() else dataclasses.replace(params["tracking"], enabled=False)
         with stage_run(name, tracking, {k: _plain(v) for k, v in params.items()}, project_root()) as run:
-            metrics = body(params, run) or {}
-            metrics = {"stage_seconds": round(time.perf_counter() - start, 2), "peak_rss_mib": peak_rss_mib(),
-                       **metrics}
-            run.log_metrics(metrics)
+            result = body(params, lambda metrics, step: run.log_metrics(metrics, step=step)) or StageResult()
+            for path, folder in result.artifacts:
+                run.log_artifact(path, folder)
+            run.log_metrics({"stage_seconds": round(time.perf_counter() - start, 2), "peak_rss_mib": peak_rss_mib(),
+                             **result.numeric()})
     except (ConfigError, DataError) as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)

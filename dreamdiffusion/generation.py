@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from .progress import progress
 
 from .config import param
+from .progress import progress
+from .results import StageResult
 
 INDEX_FIELDS = ["kind", "trial", "eeg_trial", "image", "label", "subject", "sample", "seed", "file"]
 
@@ -25,11 +26,11 @@ INDEX_FIELDS = ["kind", "trial", "eeg_trial", "image", "label", "subject", "samp
 class GenerateConfig:
     """The `generate` params section."""
 
-    samples_per_eeg: int = param(5, min=1, help="images per test trial (paper: 5)")
+    samples_per_eeg: int = param(2, min=1, help="images per test trial (paper: 5)")
     scheduler: str = param("ddim", choices=["ddim", "pndm", "dpmsolver++"], help="pndm = the paper's PLMS")
     steps: int = param(25, min=1, help="sampling steps (paper: 250 PLMS)")
     guidance: float = param(3.0, min=1.0, help="classifier-free guidance scale (1 = none, as the paper)")
-    batch_size: int = param(50, min=1, help="images per sampling batch (UNet)")
+    batch_size: int = param(64, min=1, help="images per sampling batch (UNet)")
     decode_batch_size: int = param(16, min=1, help="latents per VAE decode call (the memory peak at 512 px)")
     mixed_precision: str = param("fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype (bf16/fp16 on a GPU)")
     control_samples: int = param(1, min=0, help="images per trial from ANOTHER trial's EEG (0 = no control)")
@@ -124,3 +125,56 @@ def write_grids(records: list[dict], stimulus_images: np.ndarray, out_dir: Path,
         save_image_grid(tiles, out_dir / "grids" / f"{class_names[label]}.png", nrow=len(rows[0]))
         firsts.append(tiles[: len(rows[0])])
     save_image_grid(torch.cat(firsts), overview, nrow=len(firsts[0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratePaths:
+    """What the `generate` stage reads and writes."""
+
+    foundation: Path  # the foundation folder
+    finetune: Path  # the fine-tuned model folder
+    eeg: Path  # eeg.h5 (its test rows are read)
+    images: Path  # images.h5 (ground truth for the grids)
+    out: Path  # the generated set: PNGs, index.csv, generate.json, grids/ (replaced atomically)
+    overview: Path  # png: the first trial of every class
+
+
+def control_partners(test, config: GenerateConfig, seed: int):
+    """(partner trial of each test trial, None) for the control set, or (None, why there is none)."""
+    from .evaluation import derangement_by_group
+
+    if not config.control_samples:
+        return None, "generate.control_samples is 0"
+    groups = test.image_index if config.control_pairing == "image" else test.label
+    try:
+        return derangement_by_group(groups, seed), None
+    except ValueError as err:  # e.g. a tiny test set: one image holds more than half of the trials
+        return None, f"no control pairing by {config.control_pairing} possible: {err}"
+
+
+def run(config: GenerateConfig, paths: GeneratePaths, seed: int, compute) -> StageResult:
+    """The `generate` stage: every test trial's images, the control set, the index and the grids."""
+    from .compute import apply_threads, autocast_dtype, resolve_device
+    from .data.processed import load_images, load_paired_eeg, read_processed
+    from .finetune.load import load_generator
+    from .io import DataError, atomic_path, write_json
+
+    dtype = autocast_dtype(compute, config.mixed_precision, "generate")
+    apply_threads(compute)
+    generator = load_generator(paths.finetune, paths.foundation, str(resolve_device(compute)))
+    test = read_processed(load_paired_eeg, paths.eeg, splits=("test",))
+    if len(test.eeg) < 2:
+        raise DataError(f"{paths.eeg}: {len(test.eeg)} test trial(s); generation needs at least 2")
+    rows = {"trial": test.trial, "image_index": test.image_index, "label": test.label, "subject": test.subject}
+    partner, skipped = control_partners(test, config, seed)
+    records = plan(rows, config, seed, partner)
+    image_set = read_processed(load_images, paths.images)
+    with atomic_path(paths.out) as tmp:
+        generate_all(generator, test.eeg, records, config, tmp, dtype)
+        write_index(records, tmp / "index.csv")
+        write_json(tmp / "generate.json", {"control_pairing": config.control_pairing, "control_skipped": skipped})
+        write_grids(records, image_set.images, tmp, paths.overview, config.grid_trials, test.class_names)
+    grids = [(path, "grids") for path in sorted((paths.out / "grids").glob("*.png"))]
+    return StageResult({"images": sum(r["kind"] == "eeg" for r in records), "test_trials": len(test.eeg),
+                        "control_images": sum(r["kind"] == "control" for r in records)},
+                       grids + [(paths.overview, None)])

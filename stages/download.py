@@ -2,20 +2,15 @@
 from pathlib import Path
 
 from dreamdiffusion.cli import run_stage
-from dreamdiffusion.data.download import DownloadConfig, run_download
-from dreamdiffusion.io import atomic_path
+from dreamdiffusion.data import download
 from dreamdiffusion.tracking import TrackingConfig
 
-PARAMS = {"seed": int, "tracking": TrackingConfig, "download": DownloadConfig}
-RAW_DIR = Path("data/raw")
+PARAMS = {"seed": int, "tracking": TrackingConfig, "download": download.DownloadConfig}
+PATHS = download.DownloadPaths(raw=Path("data/raw"))
 
 
-def main(params: dict, run) -> dict:
-    with atomic_path(RAW_DIR) as tmp:
-        tmp.mkdir()
-        manifest = run_download(params["download"], params["seed"], tmp, base=Path.cwd())
-    run.log_artifact(RAW_DIR / "manifest.json")
-    return {"files": len(manifest.files)}
+def main(params: dict, log):
+    return download.run(params["download"], PATHS, params["seed"], base=Path.cwd())
 
 
 if __name__ == "__main__":

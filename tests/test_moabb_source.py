@@ -20,10 +20,11 @@ def test_export_writes_one_fif_per_run_with_the_data(tmp_path):
 
 
 def test_exported_recordings_window_into_the_corpus(tmp_path):
-    from dreamdiffusion.data.corpus import CorpusSettings, recording_windows
+    from dreamdiffusion.data.corpus import recording_windows
+    from test_preprocess import corpus_with
 
     path, *_ = export_moabb("FakeDataset", [2], tmp_path, dataset_kwargs=FAKE)
-    windows = recording_windows(path, CorpusSettings(sample_rate=256.0, bandpass=(5.0, 45.0), stride=512))
+    windows = recording_windows(path, corpus_with(sample_rate=256.0, bandpass=(5.0, 45.0), stride=512))
     assert windows.shape == (4, 128, 512) and np.isfinite(windows).all()  # 8 s at 256 Hz, 3 EEG channels tiled
 
 

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from closure import closure
-from dreamdiffusion.config import load_params
+from dreamdiffusion.config import load_params, to_dict
+from dreamdiffusion.presets import section_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -66,3 +67,10 @@ def test_closure_follows_relative_and_function_level_imports():
     assert "dreamdiffusion/finetune/engine.py" in found  # relative import from finetune/train.py
     assert "dreamdiffusion/evaluation/nway.py" in found  # imported inside a function of finetune/engine.py
     assert "dreamdiffusion/data/synthetic.py" not in found
+
+
+@pytest.mark.parametrize("section", sorted(section_configs()))
+def test_dataclass_defaults_are_params_yaml(section):
+    """One source of defaults: a config built without params is the one params.yaml describes."""
+    document = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert to_dict(section_configs()[section]()) == document[section]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from dreamdiffusion.config import ConfigError, parse_config
-from dreamdiffusion.data.corpus import PAIRED_TRAIN, CorpusSettings, build_corpus
-from dreamdiffusion.data.preprocess import PreprocessConfig, ProcessedPaths, run_preprocess
+from dreamdiffusion.data.corpus import PAIRED_TRAIN, build_corpus
+from dreamdiffusion.data.preprocess import PreprocessConfig, ProcessedPaths, corpus_settings, run_preprocess
 from dreamdiffusion.data.processed import SPLIT_CODES, UNUSED
 from dreamdiffusion.data.raw import RawManifest
 from dreamdiffusion.io import DataError
@@ -39,6 +39,11 @@ def corpus_of(corpus_root, sources, settings, out):
     """build_corpus into `out`, read back whole."""
     build_corpus(corpus_root, sources, None, settings, out)
     return read_all(out)
+
+
+def corpus_with(**changes):
+    """The corpus settings of the default `preprocess` params, with `changes`."""
+    return dataclasses.replace(corpus_settings(PreprocessConfig()), **changes)
 
 
 def raw_set(root, **kwargs):
@@ -169,7 +174,7 @@ def write_fif(path, channels, sfreq, seconds, seed=0):
 def test_fif_corpus_windows_channels_rates(tmp_path):
     write_fif(tmp_path / "corpus" / "demo" / "a_raw.fif", 22, 250.0, 8.0)
     write_fif(tmp_path / "corpus" / "demo" / "b_raw.fif", 130, 1000.0, 3.0, seed=1)
-    settings = CorpusSettings(sample_rate=500.0, max_windows=0)
+    settings = corpus_with(sample_rate=500.0, max_windows=0)
     corpus = corpus_of(tmp_path / "corpus", ["demo"], settings, tmp_path / "c1.h5")
     # a: 8 s at 500 Hz = 4000 samples -> 7 windows; b: 1500 samples -> 2 windows
     assert corpus["eeg"].shape == (9, 128, 512)
@@ -183,16 +188,16 @@ def test_fif_corpus_windows_channels_rates(tmp_path):
 def test_corpus_errors_name_the_problem(tmp_path):
     write_fif(tmp_path / "corpus" / "demo" / "a_raw.fif", 22, 250.0, 4.0)
     with pytest.raises(DataError, match="a_raw.fif: recording has 22 channels, expected 128"):
-        build_corpus(tmp_path / "corpus", ["demo"], None, CorpusSettings(channel_mode="none"), tmp_path / "c.h5")
+        build_corpus(tmp_path / "corpus", ["demo"], None, corpus_with(channel_mode="none"), tmp_path / "c.h5")
     with pytest.raises(DataError, match="pretrain source 'nope'.*available: \\['demo'\\]"):
-        build_corpus(tmp_path / "corpus", ["nope"], None, CorpusSettings(), tmp_path / "c.h5")
+        build_corpus(tmp_path / "corpus", ["nope"], None, corpus_with(), tmp_path / "c.h5")
     (tmp_path / "corpus" / "bad").mkdir()
     (tmp_path / "corpus" / "bad" / "x_raw.fif").write_bytes(b"not a fif")
     with pytest.raises(DataError, match="x_raw.fif: not a readable FIF"):
-        build_corpus(tmp_path / "corpus", ["bad"], None, CorpusSettings(), tmp_path / "c.h5")
+        build_corpus(tmp_path / "corpus", ["bad"], None, corpus_with(), tmp_path / "c.h5")
     with pytest.raises(DataError, match="no windows of 512 samples"):
         write_fif(tmp_path / "corpus" / "short" / "s_raw.fif", 4, 100.0, 0.4)  # 400 samples at 1 kHz
-        build_corpus(tmp_path / "corpus", ["short"], None, CorpusSettings(bandpass=()), tmp_path / "c.h5")
+        build_corpus(tmp_path / "corpus", ["short"], None, corpus_with(bandpass=()), tmp_path / "c.h5")
 
 
 @pytest.mark.parametrize("rows", [[0], [3, 4, 5], [0, 2, 3, 4, 9, 11], list(range(12))])

@@ -318,18 +318,13 @@ def test_pretrain_stage_end_to_end(tmp_path):
 
 
 
-def test_stage_names_an_unreadable_processed_file(tmp_path):
-    import importlib.util
+def test_an_unreadable_processed_file_is_named(tmp_path):
+    from dreamdiffusion.data.processed import load_corpus, read_processed
 
-    from dreamdiffusion.data.processed import load_corpus
-
-    spec = importlib.util.spec_from_file_location("stage_pretrain", ROOT / "stages" / "pretrain.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
     (tmp_path / "corpus.h5").write_bytes(b"not hdf5")
     for path in (tmp_path / "corpus.h5", tmp_path / "missing.h5"):
         with pytest.raises(DataError, match=f"{path.name}: cannot read"):
-            stage.read(load_corpus, path)
+            read_processed(load_corpus, path)
 
 
 def _mk(root: Path, relative: str) -> Path:

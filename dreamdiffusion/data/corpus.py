@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..progress import progress
 from .. import signal
 from ..io import DataError
+from ..progress import progress
 from .processed import SPLIT_CODES, H5Writer
 
 PAIRED_TRAIN = "paired-train"
@@ -21,17 +21,18 @@ PAIRED_TRAIN = "paired-train"
 
 @dataclass(frozen=True)
 class CorpusSettings:
-    """How recordings become windows (the `corpus_*` params of `preprocess`)."""
+    """How recordings become windows: the `corpus_*` params of `preprocess` (built from its config
+    by `preprocess.corpus_settings`; no defaults of its own)."""
 
-    channels: int = 128
-    samples: int = 512
-    sample_rate: float = 1000.0
-    bandpass: tuple[float, ...] = (5.0, 95.0)
-    channel_mode: str = "tile"  # tile | zero | none
-    scale: str = "zscore"  # none | zscore | divide
-    divisor: float = 10.0
-    stride: int = 512
-    max_windows: int = 200  # per recording; 0 = all
+    channels: int
+    samples: int
+    sample_rate: float
+    bandpass: tuple[float, ...]
+    channel_mode: str  # tile | zero | none
+    scale: str  # none | zscore | divide
+    divisor: float
+    stride: int
+    max_windows: int  # per recording; 0 = all
 
 
 class CorpusWriter:

@@ -13,7 +13,8 @@ import zipfile
 from pathlib import Path
 
 from ..config import ConfigError, param
-from ..io import DataError, sha256_file
+from ..io import DataError, atomic_path, sha256_file
+from ..results import StageResult
 from .raw import CAPTIONS_FILE, CORPUS_DIR, IMAGES_DIR, RawManifest
 from .synthetic import SyntheticConfig
 
@@ -173,3 +174,18 @@ def run_download(config: DownloadConfig, seed: int, out_dir: Path, base: Path) -
             entry["sha256"] = sha256_file(path)
     manifest.write(out_dir)
     return manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadPaths:
+    """Where the `download` stage writes."""
+
+    raw: Path  # the raw-data folder (replaced atomically)
+
+
+def run(config: DownloadConfig, paths: DownloadPaths, seed: int, base: Path) -> StageResult:
+    """The `download` stage: fill `paths.raw` (user paths relative to `base`) atomically."""
+    with atomic_path(paths.raw) as tmp:
+        tmp.mkdir()
+        manifest = run_download(config, seed, tmp, base)
+    return StageResult({"files": len(manifest.files)}, [(paths.raw / "manifest.json", None)])

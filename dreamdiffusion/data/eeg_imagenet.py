@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..progress import progress
 from ..io import DataError, safe_torch_load
+from ..progress import progress
 from .raw import image_path
 
 EEG_KEYS = ("dataset", "labels", "images")

@@ -17,8 +17,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from ..progress import progress
 from ..io import DataError, sha256_file
+from ..progress import progress
 
 SCHEMES = ("http", "https", "file")
 CHUNK = 1 << 20

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..progress import progress
 from ..io import DataError, atomic_path
+from ..progress import progress
 
 
 def moabb_dataset(name: str, **kwargs):

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..progress import progress
 from .. import signal
 from ..config import ConfigError, param
 from ..io import DataError
+from ..progress import progress
+from ..results import StageResult
+from .corpus import CorpusSettings
 from .processed import SPLIT_CODES, UNUSED, H5Writer
 from .raw import image_path
 
@@ -42,7 +44,7 @@ class PreprocessConfig:
     image_size: int = param(32, min=8, max=1024, help="pixels: the foundation's native size (SD 1.5: 512)")
     extra_images: bool = param(True, help="also store the class folders' images no trial shows (the demo "
                                "foundation's training corpus); false reads the stimulus images only")
-    pretrain_sources: list[str] = param(["synthetic"])
+    pretrain_sources: list[str] = param(["paired-train"])
     corpus_sample_rate: float = param(1000.0, min=1.0)
     corpus_bandpass: list[float] = param([5.0, 95.0], min=0.0)
     corpus_channels: str = param("tile", choices=["tile", "zero", "none"])
@@ -218,10 +220,8 @@ class Preprocessed:
     examples: list[tuple[int, np.ndarray, np.ndarray]]  # (trial, raw (128, T), processed (128, S))
 
 
-def corpus_settings(config: PreprocessConfig) -> "CorpusSettings":
+def corpus_settings(config: PreprocessConfig) -> CorpusSettings:
     """The corpus part of the config."""
-    from .corpus import CorpusSettings
-
     return CorpusSettings(
         channels=CHANNELS, samples=config.samples, sample_rate=config.corpus_sample_rate,
         bandpass=tuple(config.corpus_bandpass), channel_mode=config.corpus_channels,
@@ -308,3 +308,27 @@ def run_preprocess(raw_dir: Path, config: PreprocessConfig, out: ProcessedPaths)
     examples = [(kept[r], payload["dataset"][kept[r]]["eeg"].numpy(), processed[int(r)])
                 for r in np.linspace(0, len(kept) - 1, min(config.figure_trials, len(kept))).astype(int)]
     return Preprocessed(report(payload, eeg, images, corpus, dropped, config.crop_end), examples)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessPaths:
+    """What the `preprocess` stage reads and writes."""
+
+    raw: Path  # the raw-data folder (raw.py's layout)
+    processed: ProcessedPaths  # images.h5, eeg.h5, corpus.h5
+    report: Path  # json: counts per split, class, subject; dropped trials; corpus sizes
+    figure: Path  # png: a few trials raw vs processed
+
+
+def run(config: PreprocessConfig, paths: PreprocessPaths) -> StageResult:
+    """The `preprocess` stage: the three processed files (atomically), the report and the figure."""
+    from ..io import atomic_path, write_json
+    from ..plots import raw_vs_processed
+
+    out = paths.processed
+    with atomic_path(out.images) as images, atomic_path(out.eeg) as eeg, atomic_path(out.corpus) as corpus:
+        result = run_preprocess(paths.raw, config, ProcessedPaths(images=images, eeg=eeg, corpus=corpus))
+    raw_vs_processed(result.examples, config.sample_rate, (config.crop_start, config.crop_end), paths.figure)
+    write_json(paths.report, result.report)
+    return StageResult({k: v for k, v in result.report.items() if isinstance(v, int)},
+                       [(paths.report, None), (paths.figure, None)])

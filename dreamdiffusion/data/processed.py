@@ -150,6 +150,16 @@ class H5Array:
         return {**self.__dict__, "_file": None}  # an open h5py file cannot be pickled
 
 
+def read_processed(loader, path: str | Path, **kwargs):
+    """`loader(path, **kwargs)`, a missing or malformed processed file turned into a DataError naming it."""
+    try:
+        return loader(path, **kwargs)
+    except (OSError, KeyError) as err:
+        from ..io import DataError
+
+        raise DataError(f"{path}: cannot read ({err}); run the `preprocess` stage first") from None
+
+
 def take(array, rows):
     """`array[rows]`, lazily for an on-disk `H5Array` (a view), eagerly for a numpy array."""
     return array.subset(rows) if isinstance(array, H5Array) else array[rows]

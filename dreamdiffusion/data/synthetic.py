@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..progress import progress
 from ..config import ConfigError, param
+from ..progress import progress
 from . import synthetic_eeg as sim
 from .raw import CAPTIONS_FILE, CORPUS_DIR, IMAGES_DIR, RawManifest, image_path
 from .synthetic_images import class_concepts, render_image, save_jpeg

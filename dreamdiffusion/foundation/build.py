@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from ..data.processed import ImageSet
 from ..io import DataError, atomic_path, sha256_file
+from ..results import StageResult
 from .clip_mini import DEMO_MODEL_NAME, save_clip, text_token_states, train_clip
 from .config import FoundationConfig
 from .evaluate import evaluate
@@ -95,8 +97,15 @@ def build_demo(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir: Path
 
 def build_pretrained(images: ImageSet, cfg: FoundationConfig, out_dir: Path, timer: Timer, device: str = "cpu") -> None:
     """Resolve and snapshot SD, CLIP, the ImageNet judge and Inception weights under `out_dir`."""
-    from .pretrained import (INCEPTION_FILE, check_image_size, resolve_stable_diffusion, snapshot_clip,
-                             snapshot_inception, snapshot_judge, snapshot_stable_diffusion)
+    from .pretrained import (
+        INCEPTION_FILE,
+        check_image_size,
+        resolve_stable_diffusion,
+        snapshot_clip,
+        snapshot_inception,
+        snapshot_judge,
+        snapshot_stable_diffusion,
+    )
 
     components = {}
     with timer("stable_diffusion"):
@@ -132,3 +141,33 @@ def build_foundation(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir
     print(f"[foundation] total: {timer.seconds['total']:.1f} s", flush=True)
     metrics.update({f"seconds_{part}": value for part, value in timer.seconds.items()})
     return metrics, figures
+
+
+@dataclasses.dataclass(frozen=True)
+class FoundationPaths:
+    """What the `foundation` stage reads and writes."""
+
+    images: Path  # images.h5 (train + extra images to train the demo, val to measure; never test)
+    models: Path  # the foundation folder (replaced atomically)
+    metrics: Path  # json
+    recon_figure: Path  # png: val images and their VAE reconstructions
+    captions_figure: Path  # png: images generated from each class caption
+
+
+def run(config: FoundationConfig, paths: FoundationPaths, seed: int, compute) -> StageResult:
+    """The `foundation` stage: build the models on the compute device, measure them, write the figures."""
+    from ..compute import apply_threads, resolve_device
+    from ..data.processed import load_images, read_processed
+    from ..io import finite_metrics, write_json
+
+    images = read_processed(load_images, paths.images)
+    apply_threads(compute)
+    with atomic_path(paths.models) as out:
+        out.mkdir()
+        metrics, figures = build_foundation(images, config, seed, out, str(resolve_device(compute)))
+    for name, path in (("recon", paths.recon_figure), ("captions", paths.captions_figure)):
+        with atomic_path(path) as tmp:
+            figures[name].save(tmp, format="PNG")
+    write_json(paths.metrics, finite_metrics(metrics))
+    return StageResult(metrics, [(paths.recon_figure, "figures"), (paths.captions_figure, "figures"),
+                                 (paths.metrics, None), (paths.models / MANIFEST, None)])

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 
-from ..progress import progress
 from ..io import DataError, atomic_path
+from ..progress import progress
 from .config import CLIPConfig
 from .judge import _augment
 

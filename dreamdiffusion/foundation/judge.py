@@ -14,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..progress import progress
 from ..io import DataError, atomic_path
+from ..progress import progress
 from .config import JudgeConfig
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

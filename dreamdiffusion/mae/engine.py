@@ -6,6 +6,7 @@ import time
 from typing import Callable
 
 import torch
+
 from ..progress import progress
 from ..rng import draw, sample_generators
 

@@ -8,6 +8,7 @@ decoder, and MSE on the masked tokens only.
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ class MAEConfig:
 
     channels: int = param(128, min=1, help="EEG channels (all enter every token)")
     samples: int = param(512, min=1, help="time steps per window")
-    patch: int = param(16, min=1, help="time steps per token (paper: 4)")
+    patch: int = param(4, min=1, help="time steps per token (paper: 4)")
     width: int = param(64, min=1, help="encoder width D (paper: 1024)")
     depth: int = param(4, min=1, help="encoder blocks (paper: 24)")
     heads: int = param(4, min=1, help="encoder attention heads (paper: 16)")

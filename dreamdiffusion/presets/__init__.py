@@ -67,10 +67,9 @@ def leaves(overrides: dict, prefix: str = "") -> list[tuple[str, object]]:
     return out
 
 
-def validate(params: dict) -> None:
-    """Parse every stage's params sections out of `params` (as the stages will)."""
+def section_configs() -> dict:
+    """Every params section and the typed config it parses into."""
     from ..compute import ComputeConfig
-    from ..config import parse_config
     from ..data.download import DownloadConfig
     from ..data.preprocess import PreprocessConfig
     from ..evaluation.report import EvaluateConfig
@@ -80,8 +79,14 @@ def validate(params: dict) -> None:
     from ..mae.train import PretrainConfig
     from ..tracking import TrackingConfig
 
-    sections = {"tracking": TrackingConfig, "compute": ComputeConfig, "download": DownloadConfig,
-                "preprocess": PreprocessConfig, "foundation": FoundationConfig, "pretrain": PretrainConfig,
-                "finetune": FinetuneConfig, "generate": GenerateConfig, "evaluate": EvaluateConfig}
-    for section, cls in sections.items():
+    return {"tracking": TrackingConfig, "compute": ComputeConfig, "download": DownloadConfig,
+            "preprocess": PreprocessConfig, "foundation": FoundationConfig, "pretrain": PretrainConfig,
+            "finetune": FinetuneConfig, "generate": GenerateConfig, "evaluate": EvaluateConfig}
+
+
+def validate(params: dict) -> None:
+    """Parse every stage's params sections out of `params` (as the stages will)."""
+    from ..config import parse_config
+
+    for section, cls in section_configs().items():
         parse_config(cls, params.get(section), section)

@@ -1,0 +1,110 @@
+"""The `finetune` stage: encode the images once, train on the foundation, keep the best on val, write it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.processed import load_images, load_paired_eeg, read_processed
+from ..foundation.judge import to_float_images
+from ..foundation.load import load_foundation
+from ..io import sha256_file, write_json
+from ..plots import save_image_grid, write_history_csv
+from ..results import StageResult
+from .data import cached_features, features_key, finetune_data, write_features
+from .load import save_finetuned
+from .sample import generate, make_scheduler
+from .train import FinetuneConfig, FinetuneResult, build_models, finetune
+from .trainable import count_parameters
+
+LOSS_KEYS = ["train_loss", "train_diffusion_loss", "train_clip_loss", "val_loss", "val_diffusion_loss",
+             "val_clip_loss", "val_clip_cosine", "val_nway_top1"]
+
+
+@dataclass(frozen=True)
+class FinetunePaths:
+    """What the `finetune` stage reads and writes."""
+
+    foundation: Path  # the foundation folder
+    encoder: Path  # the pretrained encoder folder
+    eeg: Path  # eeg.h5 (its train and val rows only are read)
+    images: Path  # images.h5
+    model: Path  # the fine-tuned model folder
+    checkpoints: Path  # resume checkpoints (not a stage output)
+    features: Path  # the image-feature cache (not a stage output; kept across runs)
+    metrics: Path  # json
+    history: Path  # csv: per-epoch losses (a DVC plot)
+    grid: Path  # png: ground truth and a generated image of 8 val trials
+
+
+def image_features(paths: FinetunePaths, paired, image_set, config: FinetuneConfig, device: str) -> Path:
+    """The features file of the train/val images (encoded by the main process first, then shared)."""
+    from accelerate import PartialState
+
+    rows = np.unique(paired.image_index)
+    key = features_key(paths.foundation, sha256_file(paths.images), rows)
+    encode = lambda tmp: write_features(load_foundation(paths.foundation, device, parts=("vae", "clip")),  # noqa: E731
+                                        image_set.images, rows, config.encode_batch_size, tmp)
+    with PartialState(cpu=device == "cpu").main_process_first():
+        return cached_features(paths.features, key, encode)
+
+
+def val_grid(result: FinetuneResult, data, image_set, paired, seed: int, config: FinetuneConfig, path: Path) -> None:
+    """Ground truth and a generated image of 8 val trials (evenly spaced), as one PNG."""
+    models = result.models
+    rows = np.linspace(0, len(data.val) - 1, min(8, len(data.val))).round().astype(int)
+    eeg = torch.stack([data.val[int(r)][1] for r in rows])
+    generated = generate(models.conditioner, models.unet, models.vae, make_scheduler("ddim", models.noise_scheduler.config),
+                         eeg, [seed + int(r) for r in rows], config.val_steps, config.val_guidance).cpu()
+    truth = to_float_images(image_set.images[paired.image_index[paired.subset("val")][rows]])
+    save_image_grid(torch.cat([truth, generated]), path, nrow=len(rows))
+
+
+def summary(result: FinetuneResult, data) -> dict:
+    """The metrics of a run: the kept (best on val) epoch's val measures, the last epoch's train loss, sizes."""
+    best = next(h for h in result.history if h["epoch"] == result.best_epoch)
+    last = result.history[-1]
+    trainable, total = (sum(count_parameters(m)[i] for m in (result.models.conditioner, result.models.unet))
+                        for i in (0, 1))
+    return {
+        "best_epoch": result.best_epoch, "epochs": len(result.history),
+        "train_loss": last["train_loss"], "val_loss": best["val_loss"],
+        "val_diffusion_loss": best["val_diffusion_loss"], "val_clip_loss": best["val_clip_loss"],
+        "val_clip_cosine": best["val_clip_cosine"], "val_nway_top1": best["val_nway_top1"],
+        "final_val_loss": last.get("val_loss"), "final_val_nway_top1": last.get("val_nway_top1"),
+        "val_nway": result.val_nway, "val_trials": len(data.probe_rows),
+        "trainable_params": int(trainable), "total_params": int(total),
+        "train_trials": len(data.train), "val_trials_total": len(data.val),
+        "resumed_from_epoch": result.resumed_from, "seconds": round(result.seconds, 1),
+    }
+
+
+def run(config: FinetuneConfig, paths: FinetunePaths, seed: int, compute,
+        log: Callable[[dict, int], None] | None = None) -> StageResult | None:
+    """The `finetune` stage (None on a non-main process of a multi-process run: it writes nothing)."""
+    from ..compute import resolve_device
+
+    device = str(resolve_device(compute))
+    paired = read_processed(load_paired_eeg, paths.eeg, splits=("train", "val"))  # the test split is never read
+    image_set = read_processed(load_images, paths.images)
+    features = image_features(paths, paired, image_set, config, device)
+    foundation = load_foundation(paths.foundation, device, parts=("stable_diffusion", "judge"))
+    models = build_models(config, foundation, paths.encoder, seed)
+    data = finetune_data(paired, features, image_set, foundation, config)
+    inputs = "-".join(sha256_file(p)[:16] for p in (paths.eeg, paths.images, paths.encoder / "encoder.safetensors",
+                                                    paths.foundation / "manifest.json"))
+    result = finetune(config, models, data, foundation, seed, paths.checkpoints, inputs, log, compute=compute)
+    if not result.is_main_process:
+        return None
+    save_finetuned(paths.model, result.models.conditioner, result.models.unet,
+                   {"train_unet": config.train_unet, "best_epoch": result.best_epoch, "seed": seed})
+    val_grid(result, data, image_set, paired, seed, config, paths.grid)
+    write_history_csv(result.history, paths.history, LOSS_KEYS)
+    metrics = summary(result, data)
+    write_json(paths.metrics, metrics)
+    if not config.keep_checkpoints:  # finished and written: the resume state is no longer needed
+        result.checkpoints.remove()
+    return StageResult(metrics, [(paths.metrics, None), (paths.grid, None), (paths.history, None)])
