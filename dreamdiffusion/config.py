@@ -1,12 +1,16 @@
 """Typed configs: parse a params section (a plain dict) into a frozen dataclass, strictly.
 
 Every stage declares its section as a dataclass whose fields use `param(...)`. Parsing
-rejects unknown keys (naming the allowed ones), wrong types and out-of-range values
-(naming key and value), so a typo in params.yaml fails loudly instead of being ignored.
+rejects unknown keys (naming the allowed ones), wrong types, NaN and +-inf anywhere, and
+out-of-range values (naming key and value), so a typo in params.yaml fails loudly instead of
+being ignored. A section's `__post_init__` checks what ties its fields together; its errors
+start with the field name (`bandpass: ...`), which parsing turns into `section.bandpass: ...`.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,9 +23,11 @@ class ConfigError(ValueError):
     """A params section does not match its typed config."""
 
 
-def param(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, help: str = ""):
-    """A config field with optional allowed `choices` and inclusive `min`/`max` bounds."""
-    meta = {"choices": choices, "min": min, "max": max, "help": help}
+def param(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, pattern: str | None = None,
+          help: str = ""):
+    """A config field with optional allowed `choices`, inclusive `min`/`max` bounds and a full-match
+    regular expression `pattern` for strings (`help` then says what it allows)."""
+    meta = {"choices": choices, "min": min, "max": max, "pattern": pattern, "help": help}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -33,6 +39,8 @@ def _type_name(tp) -> str:
 
 def _coerce(tp, value, key: str):
     """Check `value` against the annotation `tp`; return it (lists become tuples-safe lists)."""
+    if isinstance(value, float) and not math.isfinite(value):  # NaN passes every min/max comparison
+        raise ConfigError(f"{key}: value {value!r} is not a finite number (NaN and +-inf are refused)")
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         errors = []
@@ -93,6 +101,8 @@ def _check_range(field: dataclasses.Field, value, key: str) -> None:
             raise ConfigError(f"{key}: value {item!r} is below the minimum {meta['min']}")
         if meta.get("max") is not None and item > meta["max"]:
             raise ConfigError(f"{key}: value {item!r} is above the maximum {meta['max']}")
+        if meta.get("pattern") is not None and isinstance(item, str) and not re.fullmatch(meta["pattern"], item):
+            raise ConfigError(f"{key}: value {item!r} is not allowed: {meta['help'] or 'expected ' + meta['pattern']}")
 
 
 def parse_config(cls, values: dict | None, section: str):
@@ -119,7 +129,8 @@ def parse_config(cls, values: dict | None, section: str):
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        raise ConfigError(f"{section}: {err}") from None
+        field_name = str(err).split(":", 1)[0]
+        raise ConfigError(f"{section}.{err}" if field_name in fields else f"{section}: {err}") from None
 
 
 def with_overrides(config, overrides: list[str], section: str):
