@@ -12,7 +12,7 @@ import torch
 from ..data.processed import ImageSet
 from ..io import DataError, atomic_path, sha256_file
 from .clip_mini import DEMO_MODEL_NAME, save_clip, text_token_states, train_clip
-from .config import FoundationConfig
+from .config import FoundationConfig, check_demo_image_size
 from .evaluate import evaluate
 from .fidelity import JUDGE_EXTRACTOR
 from .judge import save_judge, to_float_images, train_judge
@@ -122,6 +122,7 @@ def build_foundation(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir
     out_dir, timer = Path(out_dir), Timer()
     start = time.perf_counter()
     if cfg.source == "demo":
+        check_demo_image_size(cfg, int(images.images.shape[1]))
         build_demo(images, cfg, seed, out_dir, timer, device)
     else:
         build_pretrained(images, cfg, out_dir, timer, device)
