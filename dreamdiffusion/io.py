@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -20,15 +21,60 @@ class DataError(ValueError):
     """Input data is malformed; the message names the file, key or index and what was expected."""
 
 
+def process_start(pid: int) -> str:
+    """When process `pid` started (Linux: clock ticks since boot, /proc/<pid>/stat field 22); '' if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_alive(pid: int, start: str = "") -> bool:
+    """Whether process `pid` runs on this host (not a zombie; when `start` is given, not a reused pid)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return True  # no /proc: trust the signal
+    return fields[0] != "Z" and (not start or fields[19] == start)
+
+
+def _temp_pattern(path: Path) -> re.Pattern:
+    """Names `atomic_path` gives the temporary siblings of `path`: `.<name>.<pid>.<8 random chars>`."""
+    return re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[a-z0-9_]{8}")
+
+
+def remove_dead_temps(path: Path) -> list[Path]:
+    """Remove the temporary siblings of `path` that `atomic_path` left in processes no longer alive."""
+    pattern, removed = _temp_pattern(path), []
+    for entry in path.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match and not process_alive(int(match[1])):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
 
-    Works for files and directories: nothing half-written is ever left at `path`.
+    Works for files and directories: nothing half-written is ever left at `path`. The temporary
+    folder is named `.<name>.<pid>.<random>`; one left by a killed process (its pid no longer runs
+    on this host) is removed when the next atomic write to `path` starts.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    remove_dead_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent)) / path.name
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():
