@@ -296,6 +296,7 @@ def run_preprocess(raw_dir: Path, config: PreprocessConfig, out: ProcessedPaths)
     from .raw import RawManifest, read_captions
 
     manifest = RawManifest.read(raw_dir)
+    manifest.verify(raw_dir)
     payload = load_eeg_file(raw_dir / manifest.eeg_file)
     splits = load_splits_file(raw_dir / manifest.splits_file)
     assignment = split_trials(payload["dataset"], splits, config, manifest.splits_file)
