@@ -21,13 +21,18 @@ class DataError(ValueError):
     """Input data is malformed; the message names the file, key or index and what was expected."""
 
 
-def process_start(pid: int) -> str:
-    """When process `pid` started (Linux: clock ticks since boot, /proc/<pid>/stat field 22); '' if unknown."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first, start time at [19]); None without it."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]
+        return None
+
+
+def process_start(pid: int) -> str:
+    """When process `pid` started (Linux: clock ticks since boot); '' if unknown."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields else ""
 
 
 def process_alive(pid: int, start: str = "") -> bool:
@@ -40,11 +45,8 @@ def process_alive(pid: int, start: str = "") -> bool:
         return False
     except PermissionError:  # exists, owned by another user
         pass
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return True  # no /proc: trust the signal
-    return fields[0] != "Z" and (not start or fields[19] == start)
+    fields = _proc_stat(pid)
+    return fields is None or (fields[0] != "Z" and (not start or fields[19] == start))
 
 
 def _temp_pattern(path: Path) -> re.Pattern:

@@ -27,7 +27,7 @@ from .io import process_alive, process_start
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
-PLAIN_NAME = r"[A-Za-z0-9_ -][A-Za-z0-9_. -]*"
+PLAIN_NAME = r"[A-Za-z0-9_ -][A-Za-z0-9_. -]{0,199}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +35,9 @@ class TrackingConfig:
     """The `tracking` params section."""
 
     experiment: str = param("dreamdiffusion", pattern=PLAIN_NAME,
-                            help="expected a plain MLflow experiment name (letters, digits, '-', '_', '.', spaces; "
-                                 "no path separator, no leading dot): it names the folder mlruns/<experiment>")
+                            help="expected a plain MLflow experiment name of at most 200 letters, digits, '-', '_', "
+                                 "'.' or spaces (no path separator, no leading dot): it names the folder "
+                                 "mlruns/<experiment>")
     enabled: bool = param(True, help="log stage runs to MLflow")
 
 
