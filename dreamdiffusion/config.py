@@ -23,6 +23,19 @@ class ConfigError(ValueError):
     """A params section does not match its typed config."""
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key repeated in one mapping is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def param(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, pattern: str | None = None,
           help: str = ""):
     """A config field with optional allowed `choices`, inclusive `min`/`max` bounds and a full-match
@@ -163,7 +176,8 @@ def load_params(path: str | Path, spec: dict[str, Any]) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text()) or {}
+        with open(path) as handle:
+            document = yaml.load(handle, Loader=UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as err:

@@ -386,6 +386,16 @@ def params(override: dict) -> Callable:
     return lambda ctx: set_params(ctx.repo, override)
 
 
+def drop_seed(ctx):
+    path = ctx.repo / "params.yaml"
+    path.write_text("\n".join(line for line in path.read_text().splitlines() if not line.startswith("seed:")) + "\n")
+
+
+def duplicate_section(ctx):
+    with open(ctx.repo / "params.yaml", "a") as handle:  # a second `preprocess:` would silently replace the first
+        handle.write("preprocess:\n  crop_end: 400\n")
+
+
 ATTACKS = [
     # params
     Attack("nan-float-param", "finetune", params({"finetune": {"cond_dropout": float("nan")}}),
@@ -408,6 +418,8 @@ ATTACKS = [
            ("foundation.vae.norm_num_groups", "3 must divide")),
     Attack("unknown-param-key", "preprocess", params({"preprocess": {"resampel": "linear"}}),
            ("unknown key(s) resampel",)),
+    Attack("missing-param-key", "download", drop_seed, ("params.yaml", "required top-level key 'seed' is missing")),
+    Attack("duplicate-param-key", "preprocess", duplicate_section, ("params.yaml", "duplicate key 'preprocess'")),
     Attack("wrong-param-type", "pretrain", params({"pretrain": {"epochs": "ten"}}),
            ("pretrain.epochs", "'ten'", "expected an integer")),
     Attack("experiment-name-escapes", "download", params({"tracking": {"enabled": True, "experiment": "../../x"}}),
