@@ -1,12 +1,16 @@
 """Typed configs: parse a params section (a plain dict) into a frozen dataclass, strictly.
 
 Every stage declares its section as a dataclass whose fields use `param(...)`. Parsing
-rejects unknown keys (naming the allowed ones), wrong types and out-of-range values
-(naming key and value), so a typo in params.yaml fails loudly instead of being ignored.
+rejects unknown keys (naming the allowed ones), wrong types, NaN and +-inf anywhere, and
+out-of-range values (naming key and value), so a typo in params.yaml fails loudly instead of
+being ignored. A section's `__post_init__` checks what ties its fields together; its errors
+start with the field name (`bandpass: ...`), which parsing turns into `section.bandpass: ...`.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,12 +23,26 @@ class ConfigError(ValueError):
     """A params section does not match its typed config."""
 
 
-def param(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, help: str = "",
-          run_key: bool = True):
-    """A config field with optional allowed `choices` and inclusive `min`/`max` bounds; `run_key=False`
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key repeated in one mapping is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def param(default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, pattern: str | None = None,
+          help: str = "", run_key: bool = True):
+    """A config field with optional allowed `choices`, inclusive `min`/`max` bounds and a full-match
+    regular expression `pattern` for strings (`help` then says what it allows). `run_key=False`
     declares a field that does not change what is trained (cadence, reporting), so changing it
     resumes the same run (see `training.run_key`)."""
-    meta = {"choices": choices, "min": min, "max": max, "help": help, "run_key": run_key}
+    meta = {"choices": choices, "min": min, "max": max, "pattern": pattern, "help": help, "run_key": run_key}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -36,6 +54,8 @@ def _type_name(tp) -> str:
 
 def _coerce(tp, value, key: str):
     """Check `value` against the annotation `tp`; return it (lists become tuples-safe lists)."""
+    if isinstance(value, float) and not math.isfinite(value):  # NaN passes every min/max comparison
+        raise ConfigError(f"{key}: value {value!r} is not a finite number (NaN and +-inf are refused)")
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         errors = []
@@ -96,6 +116,8 @@ def _check_range(field: dataclasses.Field, value, key: str) -> None:
             raise ConfigError(f"{key}: value {item!r} is below the minimum {meta['min']}")
         if meta.get("max") is not None and item > meta["max"]:
             raise ConfigError(f"{key}: value {item!r} is above the maximum {meta['max']}")
+        if meta.get("pattern") is not None and isinstance(item, str) and not re.fullmatch(meta["pattern"], item):
+            raise ConfigError(f"{key}: value {item!r} is not allowed: {meta['help'] or 'expected ' + meta['pattern']}")
 
 
 def parse_config(cls, values: dict | None, section: str):
@@ -122,7 +144,8 @@ def parse_config(cls, values: dict | None, section: str):
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        raise ConfigError(f"{section}: {err}") from None
+        field_name = str(err).split(":", 1)[0]
+        raise ConfigError(f"{section}.{err}" if field_name in fields else f"{section}: {err}") from None
 
 
 def with_overrides(config, overrides: list[str], section: str):
@@ -155,7 +178,8 @@ def load_params(path: str | Path, spec: dict[str, Any]) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text()) or {}
+        with open(path) as handle:
+            document = yaml.load(handle, Loader=UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as err:

@@ -38,10 +38,12 @@ def resample(eeg: np.ndarray, samples: int, method: str) -> np.ndarray:
 
 
 def bandpass(eeg: np.ndarray, sfreq: float, low: float, high: float) -> np.ndarray:
-    """Zero-phase IIR band-pass (mne; IIR because trials are too short for a long FIR)."""
+    """Zero-phase IIR band-pass (mne; IIR because trials are too short for a long FIR); the upper
+    edge must be below the Nyquist frequency (no silent clamping)."""
     import mne
 
-    high = min(high, 0.45 * sfreq)  # keep the upper edge below Nyquist for low-rate recordings
+    if high >= sfreq / 2:
+        raise ValueError(f"band-pass upper edge {high:g} Hz is not below the Nyquist frequency {sfreq / 2:g} Hz")
     return mne.filter.filter_data(
         eeg.astype(np.float64), sfreq, low, high, method="iir", verbose="error"
     )

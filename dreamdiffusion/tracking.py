@@ -4,31 +4,40 @@ The store is `sqlite:///<root>/mlflow.db` (unless MLFLOW_TRACKING_URI is set) wi
 under `<root>/mlruns/`. The root is `DVC_ROOT` when set, so runs made by
 `dvc exp run --temp/--queue` (which execute in a temporary copy) land in the real project.
 Writes go through a file lock: SQLite allows one writer, and two stages logging at the same
-time must both succeed.
+time must both succeed. Each run records the pid, its start time and the host; a run of a stage
+left RUNNING by a process that is gone (killed, machine reset) is marked KILLED, with the reason
+in its `killed_reason` tag, when the next run of that stage starts on the same host.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from filelock import FileLock
 
-from .config import param
+from .config import ConfigError, param
+from .io import process_alive, process_start
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
+PLAIN_NAME = r"[A-Za-z0-9_ -][A-Za-z0-9_. -]{0,199}"
 
 
 @dataclasses.dataclass(frozen=True)
 class TrackingConfig:
     """The `tracking` params section."""
 
-    experiment: str = param("dreamdiffusion", help="MLflow experiment name")
+    experiment: str = param("dreamdiffusion", pattern=PLAIN_NAME,
+                            help="expected a plain MLflow experiment name of at most 200 letters, digits, '-', '_', "
+                                 "'.' or spaces (no path separator, no leading dot): it names the folder "
+                                 "mlruns/<experiment>")
     enabled: bool = param(True, help="log stage runs to MLflow")
 
 
@@ -58,7 +67,29 @@ def run_tags(stage: str, root: Path) -> dict[str, str]:
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
-    return tags
+    return {**tags, **process_tags()}
+
+
+def process_tags() -> dict[str, str]:
+    """Who runs the stage: pid, the process's start time (when known) and host, for a later liveness check."""
+    tags = {"pid": str(os.getpid()), "host": socket.gethostname()}
+    return {**tags, "pid_start": start} if (start := process_start(os.getpid())) else tags
+
+
+def close_dead_runs(client, stage: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of `stage` whose process on this host is gone; return their ids."""
+    host, closed = socket.gethostname(), []
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    query = f"tags.stage = '{stage}' and tags.host = '{host}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs(experiments, query) if experiments else []:
+        pid = run.data.tags.get("pid", "")
+        if not pid.isdigit() or process_alive(int(pid), run.data.tags.get("pid_start", "")):
+            continue
+        client.set_tag(run.info.run_id, "killed_reason", f"process {pid} on {host} ended without closing the run "
+                                                         f"(found by the next `{stage}` run, pid {os.getpid()})")
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+    return closed
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
@@ -131,12 +162,21 @@ class StageRun:
             self._write(self.client.set_tag, self.run_id, key, value)
 
 
+def artifact_location(root: Path, name: str) -> str:
+    """The file URI of `<root>/mlruns/<name>`, refused (ConfigError) if it resolves anywhere else."""
+    base = (root / ARTIFACTS_DIR).resolve()
+    path = (base / name).resolve()
+    if path.parent != base:
+        raise ConfigError(f"tracking.experiment: {name!r} would put artifacts at {path}, outside {base}")
+    return path.as_uri()
+
+
 def _experiment_id(client, name: str, root: Path) -> str:
     """Id of experiment `name`, created with its artifacts under `<root>/mlruns/`."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
+    if experiment is not None:  # its location was checked when it was made (a moved project keeps its old one)
         return experiment.experiment_id
-    location = (root / ARTIFACTS_DIR / name).as_uri()
+    location = artifact_location(root, name)
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # created meanwhile by another process
@@ -148,7 +188,8 @@ def _experiment_id(client, name: str, root: Path) -> str:
 
 @contextlib.contextmanager
 def stage_run(stage: str, config: TrackingConfig, params: dict, root: Path) -> Iterator[StageRun]:
-    """Open an MLflow run for one execution of `stage`; FINISHED on success, FAILED on error."""
+    """Open an MLflow run for one execution of `stage`; FINISHED on success, FAILED on error. Runs of
+    `stage` left RUNNING by dead processes on this host are marked KILLED first."""
     if not config.enabled:
         yield StageRun()
         return
@@ -159,6 +200,8 @@ def stage_run(stage: str, config: TrackingConfig, params: dict, root: Path) -> I
     with lock:  # schema migration of a fresh store must not race
         client = MlflowClient(tracking_uri=tracking_uri(root))
         experiment_id = _experiment_id(client, config.experiment, root)
+        if closed := close_dead_runs(client, stage):
+            print(f"{stage}: marked {len(closed)} run(s) left RUNNING by a dead process as KILLED", file=sys.stderr)
         run = client.create_run(experiment_id, tags=run_tags(stage, root), run_name=stage)
     handle = StageRun(client, run.info.run_id, lock)
     handle.log_params(params)

@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import to_dict
-from .io import sha256_file
-
-MANIFEST = "manifest.json"
+from .io import DataError, verify_manifest, write_manifest
 
 
 def training_fields(config) -> dict:
@@ -66,23 +64,12 @@ class History:
                      "state": state["best_state"]}
 
 
-def write_manifest(folder: Path) -> None:
-    """`folder/manifest.json`: the sha256 of every file in it, written last (atomically)."""
-    files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"files": files}, indent=2))
-    tmp.replace(folder / MANIFEST)
-
-
 def damage(folder: Path) -> str | None:
     """Why `folder` is not an intact checkpoint (None when every file matches its manifest)."""
-    if not (folder / MANIFEST).is_file():
-        return "no manifest (an interrupted save)"
-    for name, digest in json.loads((folder / MANIFEST).read_text())["files"].items():
-        if not (folder / name).is_file():
-            return f"{name} is missing"
-        if sha256_file(folder / name) != digest:
-            return f"{name} does not match its sha256 in {MANIFEST}"
+    try:
+        verify_manifest(folder, "resume")
+    except DataError as err:
+        return str(err)
     return None
 
 
@@ -113,7 +100,7 @@ class Checkpoints:
         self.accelerator.save_state(str(tmp))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            write_manifest(tmp)
+            write_manifest(tmp)  # last: a checkpoint with a manifest is complete
             shutil.rmtree(final, ignore_errors=True)
             tmp.replace(final)
             for old in self.intact_first()[self.keep :]:

@@ -37,11 +37,16 @@ def project_files() -> list[str]:
     return [line for line in out.splitlines() if (ROOT / line).is_file()]
 
 
-def run(repo: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a command in `repo` with the project's virtualenv first on PATH."""
+def environment(env: dict | None = None) -> dict:
+    """This process's environment with the project's virtualenv first on PATH and no MLflow override."""
     environ = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     environ.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(list(args), cwd=repo, capture_output=True, text=True, env=environ)
+    return environ
+
+
+def run(repo: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command in `repo` with the project's virtualenv first on PATH."""
+    proc = subprocess.run(list(args), cwd=repo, capture_output=True, text=True, env=environment(env))
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

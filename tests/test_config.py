@@ -19,7 +19,12 @@ class Example:
     flag: bool = param(True)
     bands: list[float] = param([], min=0.0)
     path: str | None = param(None)
+    name: str = param("x", pattern=r"[a-z]+", help="a plain name")
     inner: Inner = dataclasses.field(default_factory=Inner)
+
+    def __post_init__(self):
+        if self.steps == 1 and self.rate == 0.0:
+            raise ConfigError(f"rate: {self.rate} must be positive when steps is 1")
 
 
 def test_defaults_and_values_parse():
@@ -42,6 +47,11 @@ def test_defaults_and_values_parse():
     ({"path": 5}, "ex.path: value 5 is not a"),
     ({"inner": {"depth": 0}}, "ex.inner.depth: value 0 is below the minimum 1"),
     ({"inner": {"width": 3}}, "ex.inner: unknown key(s) width"),
+    ({"rate": float("nan")}, "ex.rate: value nan is not a finite number"),
+    ({"bands": [1.0, float("-inf")]}, "ex.bands[1]: value -inf is not a finite number"),
+    ({"path": float("inf")}, "ex.path: value inf is not a finite number"),
+    ({"name": "a/b"}, "ex.name: value 'a/b' is not allowed: a plain name"),
+    ({"steps": 1, "rate": 0.0}, "ex.rate: 0.0 must be positive when steps is 1"),
 ])
 def test_bad_values_name_key_and_value(values, needle):
     with pytest.raises(ConfigError) as err:

@@ -17,16 +17,17 @@ GOOD = hashlib.sha256(BODY).hexdigest()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    """/data: BODY; /flaky: 503 `failures` times then BODY; /drop: half the body then hang up."""
+    """/data: BODY; /flaky: 503 `failures` times then BODY; /drop: half the body then hang up, `drops` times."""
 
     failures = 0
+    drops = 1
     hits: dict = {}
 
     def do_GET(self):
         self.hits[self.path] = self.hits.get(self.path, 0) + 1
         if self.path == "/flaky" and self.hits[self.path] <= self.failures:
             self.send_error(503, "try again")
-        elif self.path == "/drop" and self.hits[self.path] == 1:
+        elif self.path == "/drop" and self.hits[self.path] <= self.drops:
             self.send_response(200)
             self.send_header("Content-Length", str(len(BODY)))
             self.end_headers()
@@ -46,7 +47,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    Handler.failures, Handler.hits = 1, {}
+    Handler.failures, Handler.drops, Handler.hits = 1, 1, {}
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
     thread.start()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dreamdiffusion.config import ConfigError
-from dreamdiffusion.io import DataError
+from dreamdiffusion.io import DataError, write_manifest
 from dreamdiffusion.mae import EEGEncoder, MAEConfig, MaskedAutoencoder, load_encoder, patchify, save_encoder, unpatchify
 from dreamdiffusion.mae.engine import lr_at
 from dreamdiffusion.mae.model import count_parameters, num_visible, param_groups, random_masking
@@ -171,17 +171,21 @@ def test_encoder_save_load_round_trip(tmp_path):
     assert config == TINY and not loaded.training
     eeg = torch.randn(2, 6, 48)
     assert torch.equal(loaded(eeg), encoder.eval()(eeg))
-    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == ["config.json", "encoder.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == ["config.json", "encoder.safetensors", "manifest.json"]
 
 
 def test_encoder_load_errors_name_the_file(tmp_path):
-    with pytest.raises(DataError, match="config.json: missing"):
+    with pytest.raises(DataError, match="nothing: no such folder; rerun the `pretrain` stage"):
         load_encoder(tmp_path / "nothing")
     save_encoder(tmp_path / "enc", EEGEncoder(TINY))
     config = tmp_path / "enc" / "config.json"
     config.write_text(config.read_text().replace('"width": 16', '"width": 32'))
+    with pytest.raises(DataError, match="config.json: sha256 .* differs"):
+        load_encoder(tmp_path / "enc")
+    write_manifest(tmp_path / "enc")  # a consistent folder whose config does not fit its weights
     with pytest.raises(DataError, match="encoder.safetensors: does not match"):
         load_encoder(tmp_path / "enc")
     config.write_text('{"model": {"widht": 3}}')
+    write_manifest(tmp_path / "enc")
     with pytest.raises(DataError, match="widht"):
         load_encoder(tmp_path / "enc")

@@ -94,10 +94,15 @@ def recording_windows(path: Path, settings: CorpusSettings) -> np.ndarray:
     eeg = raw.get_data()  # (C, T) volts
     if not np.isfinite(eeg).all():
         raise DataError(f"{path}: recording contains NaN or Inf samples")
+    sfreq = raw.info["sfreq"]
     if settings.bandpass:
-        eeg = signal.bandpass(eeg, raw.info["sfreq"], *settings.bandpass)
-    if raw.info["sfreq"] != settings.sample_rate:
-        eeg = mne.filter.resample(eeg, up=settings.sample_rate, down=raw.info["sfreq"], verbose="error")
+        if settings.bandpass[1] >= sfreq / 2:
+            raise DataError(f"{path}: recorded at {sfreq:g} Hz, whose Nyquist frequency {sfreq / 2:g} Hz is not above "
+                            f"preprocess.corpus_bandpass's upper edge {settings.bandpass[1]:g} Hz (the band-pass runs "
+                            f"at the recording's own rate): lower corpus_bandpass or leave this recording out")
+        eeg = signal.bandpass(eeg, sfreq, *settings.bandpass)
+    if sfreq != settings.sample_rate:
+        eeg = mne.filter.resample(eeg, up=settings.sample_rate, down=sfreq, verbose="error")
     try:
         eeg = signal.map_channels(eeg, settings.channels, settings.channel_mode)
     except ValueError as err:

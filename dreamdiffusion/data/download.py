@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import stat
 import tarfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..config import ConfigError, param
 from ..io import DataError, atomic_path, sha256_file
@@ -97,16 +98,55 @@ def from_local(config: DownloadConfig, out_dir: Path, base: Path) -> RawManifest
     return manifest
 
 
-def extract_images(archive: Path, dest: Path) -> None:
-    """Unpack a .tar(.gz) or .zip of `<class_id>/<image>.JPEG` (a top folder is allowed)."""
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as handle:
-            handle.extractall(dest)  # zipfile refuses absolute paths and '..'
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as handle:
-            handle.extractall(dest, filter="data")
-    else:
-        raise DataError(f"{archive}: images archive is neither a tar nor a zip file")
+def escaping_name(name: str) -> str | None:
+    """Why an archive entry named `name` would land outside the target folder, or None."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute():
+        return "is an absolute path"
+    return "climbs out of the target folder with '..'" if ".." in path.parts else None
+
+
+def tar_entry_problem(member: tarfile.TarInfo) -> str | None:
+    """What is wrong with a tar entry for an images archive (only folders and regular files inside), or None."""
+    if why := escaping_name(member.name):
+        return why
+    if member.issym() or member.islnk():
+        return f"is a {'symbolic' if member.issym() else 'hard'} link to {member.linkname!r}"
+    return None if member.isfile() or member.isdir() else "is neither a regular file nor a folder"
+
+
+def zip_entry_problem(info: zipfile.ZipInfo) -> str | None:
+    """What is wrong with a zip entry for an images archive, or None."""
+    if why := escaping_name(info.filename):
+        return why
+    return "is a symbolic link" if stat.S_ISLNK(info.external_attr >> 16) else None
+
+
+def refuse_entries(source: str, problems: list[tuple[str, str | None]]) -> None:
+    """DataError listing every bad entry (name, why) of the archive from `source`, if any."""
+    bad = [f"{name!r} {why}" for name, why in problems if why]
+    if bad:
+        raise DataError(f"{source}: images archive refused before extracting anything: entry "
+                        f"{'; entry '.join(bad[:10])}{f' (and {len(bad) - 10} more)' if len(bad) > 10 else ''}")
+
+
+def extract_images(archive: Path, dest: Path, source: str | None = None) -> None:
+    """Unpack a .tar(.gz) or .zip of `<class_id>/<image>.JPEG` (a top folder is allowed) from `source`
+    (for messages; the archive's path by default). Links, devices, absolute paths and '..' are refused."""
+    source = source or str(archive)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as handle:
+                refuse_entries(source, [(info.filename, zip_entry_problem(info)) for info in handle.infolist()])
+                handle.extractall(dest)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as handle:
+                refuse_entries(source, [(member.name, tar_entry_problem(member)) for member in handle.getmembers()])
+                handle.extractall(dest, filter="data")
+        else:
+            raise DataError(f"{source}: images archive is neither a tar nor a zip file")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"{source}: images archive cannot be unpacked ({type(err).__name__}: {err})") from None
     tops = [p for p in dest.iterdir()]
     if len(tops) == 1 and tops[0].is_dir() and not any(tops[0].glob("*.JPEG")):
         for child in tops[0].iterdir():  # strip a single wrapping folder
@@ -124,7 +164,7 @@ def from_url(config: DownloadConfig, out_dir: Path) -> RawManifest:
     splits = fetch_file(config.splits_url, config.splits_sha256, out_dir / name_of(config.splits_url))
     archive = fetch_file(config.images_url, config.images_sha256, out_dir.parent / f".{out_dir.name}.images")
     try:
-        extract_images(archive, out_dir / IMAGES_DIR)
+        extract_images(archive, out_dir / IMAGES_DIR, f"download.images_url {config.images_url}")
     finally:
         archive.unlink()
     check_eeg_imagenet(eeg, splits, out_dir / IMAGES_DIR, config.splits_index)

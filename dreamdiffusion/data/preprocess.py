@@ -24,6 +24,14 @@ from .raw import image_path
 CHANNELS = 128
 
 
+def below_nyquist(key: str, freqs: list[float], rate_key: str, rate: float) -> None:
+    """Refuse filter frequencies `freqs` (param `key`) at or above the Nyquist frequency of `rate`."""
+    above = [f for f in freqs if f >= rate / 2]
+    if above:
+        raise ConfigError(f"{key}: {above} Hz must be below the Nyquist frequency {rate / 2:g} Hz "
+                          f"of {rate_key} {rate:g} Hz")
+
+
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
     """The `preprocess` params section."""
@@ -65,6 +73,9 @@ class PreprocessConfig:
             band = getattr(self, key)
             if band and (len(band) != 2 or band[0] >= band[1]):
                 raise ConfigError(f"{key}: expected [] or [low, high] with low < high, got {band}")
+        below_nyquist("bandpass", self.bandpass[1:], "sample_rate", self.sample_rate)
+        below_nyquist("notch", self.notch, "sample_rate", self.sample_rate)
+        below_nyquist("corpus_bandpass", self.corpus_bandpass[1:], "corpus_sample_rate", self.corpus_sample_rate)
         if self.splits_index == "single" and len(self.subjects) != 1:
             raise ConfigError(f"splits_index 'single' needs exactly one subject in subjects, "
                               f"got {self.subjects}")
@@ -285,6 +296,7 @@ def run_preprocess(raw_dir: Path, config: PreprocessConfig, out: ProcessedPaths)
     from .raw import RawManifest, read_captions
 
     manifest = RawManifest.read(raw_dir)
+    manifest.verify(raw_dir)
     payload = load_eeg_file(raw_dir / manifest.eeg_file)
     splits = load_splits_file(raw_dir / manifest.splits_file)
     assignment = split_trials(payload["dataset"], splits, config, manifest.splits_file)

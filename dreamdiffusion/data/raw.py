@@ -13,7 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..io import DataError
+from ..io import DataError, sha256_file
 
 MANIFEST = "manifest.json"
 IMAGES_DIR = "images"
@@ -46,6 +46,15 @@ class RawManifest:
             raise DataError(f"{path}: missing; run the `download` stage first") from None
         except (json.JSONDecodeError, TypeError) as err:
             raise DataError(f"{path}: not a valid raw-data manifest ({err})") from None
+
+    def verify(self, raw_dir: str | Path) -> None:
+        """Refuse a file whose bytes differ from the sha256 recorded when `download` wrote the folder."""
+        for name, entry in self.files.items():
+            path = Path(raw_dir) / name
+            if "sha256" in entry and path.is_file() and (got := sha256_file(path)) != entry["sha256"]:
+                raise DataError(f"{path}: sha256 {got} differs from {entry['sha256']} recorded in "
+                                f"{Path(raw_dir) / MANIFEST} (changed or corrupted since `download`); "
+                                f"rerun the `download` stage")
 
 
 def image_path(images_dir: Path, class_id: str, image_name: str) -> Path:

@@ -4,6 +4,7 @@
     <dir>/unet/                                       the trained UNet (diffusers folder), when
                                                       `train_unet` is not `none`
     <dir>/finetune.json                               what was trained, the kept epoch
+    <dir>/manifest.json                               sha256 of every file (written last, checked on load)
 """
 from __future__ import annotations
 
@@ -15,24 +16,26 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError, parse_config, to_dict
-from ..io import DataError, atomic_path
+from ..io import DataError, atomic_path, cpu_state_dict, verify_manifest, write_manifest
 from .model import ConditionerConfig, EEGConditioner
 
 
 def save_finetuned(out_dir: str | Path, conditioner: EEGConditioner, unet, info: dict) -> None:
-    """Write the conditioner (and the UNet when it was trained) atomically."""
+    """Write the conditioner (and the UNet when it was trained) and, last, the manifest, atomically."""
     with atomic_path(out_dir) as tmp:
         (tmp / "conditioner").mkdir(parents=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in conditioner.state_dict().items()}
+        state = cpu_state_dict(conditioner)
         save_file(state, str(tmp / "conditioner" / "model.safetensors"))
         (tmp / "conditioner" / "config.json").write_text(json.dumps(to_dict(conditioner.config), indent=2) + "\n")
         if info.get("train_unet", "none") != "none":
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
         (tmp / "finetune.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_manifest(tmp)
 
 
 def load_conditioner(folder: str | Path, device="cpu") -> EEGConditioner:
-    """The conditioning module saved by `save_finetuned` (eval mode)."""
+    """The conditioning module saved by `save_finetuned` (eval mode); `load_generator` checks the
+    folder's manifest before it calls this."""
     folder = Path(folder)
     try:
         cfg = parse_config(ConditionerConfig, json.loads((folder / "config.json").read_text()), str(folder / "config.json"))
@@ -80,12 +83,14 @@ class EEGImageGenerator:
 def load_generator(finetune_dir: str | Path, foundation_dir: str | Path, device="cpu",
                    parts=("stable_diffusion",)) -> EEGImageGenerator:
     """One call: the fine-tuned model on top of the foundation models it was trained with (only the
-    foundation `parts` asked for: e.g. ('clip', 'judge') to score images without the UNet and VAE)."""
+    foundation `parts` asked for: e.g. ('clip', 'judge') to score images without the UNet and VAE).
+    Both folders are checked against their manifests first (see `verify_manifest` for the cost)."""
     from diffusers import UNet2DConditionModel
 
     from ..foundation.load import load_foundation
 
     finetune_dir = Path(finetune_dir)
+    verify_manifest(finetune_dir, "finetune")
     if not (finetune_dir / "finetune.json").is_file():
         raise DataError(f"{finetune_dir / 'finetune.json'}: missing; run the `finetune` stage")
     info = json.loads((finetune_dir / "finetune.json").read_text())

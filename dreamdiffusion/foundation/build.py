@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -11,14 +10,14 @@ import numpy as np
 import torch
 
 from ..data.processed import ImageSet
-from ..io import DataError, atomic_path, sha256_file
+from ..io import MANIFEST, DataError, atomic_path, write_manifest
 from ..results import StageResult
 from .clip_mini import DEMO_MODEL_NAME, save_clip, text_token_states, train_clip
-from .config import FoundationConfig
+from .config import FoundationConfig, check_demo_image_size
 from .evaluate import evaluate
 from .fidelity import JUDGE_EXTRACTOR
 from .judge import save_judge, to_float_images, train_judge
-from .load import MANIFEST, load_foundation, save_conditioning
+from .load import load_foundation, save_conditioning
 from .text_to_image import make_pipeline, save_pipeline, sd_scheduler, train_unet
 from .vae import encode_moments, train_vae
 
@@ -37,13 +36,9 @@ class Timer:
         print(f"[foundation] {part}: {self.seconds[part]:.1f} s", flush=True)
 
 
-def write_manifest(out_dir: Path, source: str, components: dict, fidelity: dict) -> dict:
-    """manifest.json: sources and revisions per component, sha256 of every file, the FID extractor."""
-    files = {str(p.relative_to(out_dir)): sha256_file(p) for p in sorted(out_dir.rglob("*"))
-             if p.is_file() and p.name != MANIFEST}
-    manifest = {"source": source, "components": components, "fidelity": fidelity, "files": files}
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+def write_foundation_manifest(out_dir: Path, source: str, components: dict, fidelity: dict) -> dict:
+    """manifest.json, written last: sources and revisions per component, the FID extractor, sha256 of every file."""
+    return write_manifest(out_dir, {"source": source, "components": components, "fidelity": fidelity})
 
 
 def _train_split(images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +85,7 @@ def build_demo(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir: Path
         with atomic_path(out_dir / "stable_diffusion") as tmp:
             save_pipeline(make_pipeline(unet, vae, sd_scheduler()), tmp)
     demo = {"source": "demo", "revision": f"seed {seed}"}
-    write_manifest(out_dir, "demo", {k: demo for k in ("stable_diffusion", "clip", "judge", "conditioning")},
+    write_foundation_manifest(out_dir, "demo", {k: demo for k in ("stable_diffusion", "clip", "judge", "conditioning")},
                    {"feature_extractor": JUDGE_EXTRACTOR, "weights": "judge"})
     return {"judge": judge, "clip": clip, "vae": vae, "unet": unet}
 
@@ -122,7 +117,7 @@ def build_pretrained(images: ImageSet, cfg: FoundationConfig, out_dir: Path, tim
         components["judge"] = snapshot_judge(cfg.pretrained, out_dir / "judge")
     with timer("inception"):
         components["inception"] = snapshot_inception(cfg.pretrained, out_dir / "inception")
-    write_manifest(out_dir, "pretrained", components,
+    write_foundation_manifest(out_dir, "pretrained", components,
                    {"feature_extractor": "inception-v3-compat", "weights": f"inception/{INCEPTION_FILE}"})
 
 
@@ -131,6 +126,7 @@ def build_foundation(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir
     out_dir, timer = Path(out_dir), Timer()
     start = time.perf_counter()
     if cfg.source == "demo":
+        check_demo_image_size(cfg, int(images.images.shape[1]))
         build_demo(images, cfg, seed, out_dir, timer, device)
     else:
         build_pretrained(images, cfg, out_dir, timer, device)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 
-from ..io import DataError, atomic_path
+from ..io import DataError, atomic_path, cpu_state_dict
 from ..progress import progress
 from .config import CLIPConfig
 from .judge import _augment
@@ -125,7 +125,7 @@ def save_clip(model: torch.nn.Module, model_cfg: dict, pre_cfg: dict, out_dir: s
         tmp.mkdir()
         config = {"model_cfg": model_cfg, "preprocess_cfg": pre_cfg, **(extra or {})}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        state = cpu_state_dict(model)
         save_file(state, str(tmp / WEIGHTS_NAME))
 
 

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import param
+from ..config import ConfigError, param
+
+
+def check_groups(norm_num_groups: int, block_out_channels: list[int]) -> None:
+    """GroupNorm needs `norm_num_groups` to divide every block's channel count."""
+    if any(channels % norm_num_groups for channels in block_out_channels):
+        raise ConfigError(f"norm_num_groups: {norm_num_groups} must divide every entry of block_out_channels "
+                          f"{block_out_channels} (GroupNorm splits each block's channels into equal groups)")
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,9 @@ class VAEConfig:
     init_logvar: float = param(-6.0, max=0.0, help="initial posterior log-variance (bias of quant_conv)")
     loss: str = param("l1", choices=["l1", "mse"], help="reconstruction loss (l1 keeps edges sharper)")
 
+    def __post_init__(self):
+        check_groups(self.norm_num_groups, self.block_out_channels)
+
 
 @dataclass(frozen=True)
 class CLIPConfig:
@@ -50,6 +60,10 @@ class CLIPConfig:
     batch_size: int = param(64, min=1)
     lr: float = param(1e-3, min=0.0)
 
+    def __post_init__(self):
+        if self.text_width % self.text_heads:
+            raise ConfigError(f"text_heads: {self.text_heads} must divide text_width {self.text_width}")
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -63,6 +77,9 @@ class UNetConfig:
     batch_size: int = param(48, min=1)
     lr: float = param(2e-3, min=0.0)
     caption_dropout: float = param(0.1, min=0.0, max=1.0, help="fraction trained on the empty caption")
+
+    def __post_init__(self):
+        check_groups(self.norm_num_groups, self.block_out_channels)
 
 
 @dataclass(frozen=True)
@@ -104,3 +121,20 @@ class FoundationConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
+
+
+def check_demo_image_size(cfg: FoundationConfig, image_size: int) -> None:
+    """Refuse an image size the demo models cannot divide: the VAE's and the UNet's downsampling
+    together, the judge's pooling stages and CLIP's ResNet (32x) must all fit in `image_size`."""
+    vae, unet = (2 ** (len(part.block_out_channels) - 1) for part in (cfg.vae, cfg.unet))
+    held = f"data/processed/images.h5 holds {image_size} px images (preprocess.image_size)"
+    if image_size % (vae * unet):
+        raise ConfigError(f"{held}, but the demo models need a multiple of {vae * unet} px: "
+                          f"foundation.vae.block_out_channels {cfg.vae.block_out_channels} downsample {vae}x and "
+                          f"foundation.unet.block_out_channels {cfg.unet.block_out_channels} another {unet}x")
+    if 2 ** len(cfg.judge.channels) > image_size:
+        raise ConfigError(f"{held}, but foundation.judge.channels {cfg.judge.channels} halves them "
+                          f"{len(cfg.judge.channels)} times: at most {image_size.bit_length() - 1} stages")
+    if cfg.clip.vision == "resnet" and image_size < 32:
+        raise ConfigError(f"{held}, but foundation.clip.vision 'resnet' downsamples 32x: "
+                          f"use images of at least 32 px or foundation.clip.vision: vit")

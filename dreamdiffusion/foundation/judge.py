@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..io import DataError, atomic_path
+from ..io import DataError, atomic_path, cpu_state_dict
 from ..progress import progress
 from .config import JudgeConfig
 
@@ -124,7 +124,7 @@ def save_judge(model: nn.Module, config: dict, out_dir: str | Path) -> None:
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        state = cpu_state_dict(model)
         save_file(state, str(tmp / WEIGHTS_NAME))
 
 

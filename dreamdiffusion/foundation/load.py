@@ -7,7 +7,8 @@ Layout:
     conditioning/       config.json + embeds.safetensors: each class caption's text states
                         `caption_embeds` (C, T, D) and the empty caption's `null_embeds` (1, T, D)
     inception/          (pretrained only) torch-fidelity's Inception weights
-    manifest.json       sources, revisions, sha256 of every file, fidelity extractor
+    manifest.json       sources, revisions, sha256 of every file, fidelity extractor (written last;
+                        `load_foundation` checks every file against it)
 """
 from __future__ import annotations
 
@@ -19,14 +20,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..io import DataError, atomic_path
+from ..io import DataError, atomic_path, verify_manifest
 from .clip_mini import clip_tensor_transform, load_clip
 from .judge import judge_transform, load_judge
 from .pretrained import _load_sd_part, native_image_size
 
 PARTS = ("unet", "vae", "scheduler", "clip", "judge")
 ALIASES = {"stable_diffusion": ("unet", "vae", "scheduler")}
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -115,16 +115,16 @@ def _load_conditioning(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[s
 
 
 def load_foundation(root: str | Path, device: str | torch.device = "cpu", parts=PARTS) -> Foundation:
-    """Load `models/foundation/` (only `parts`); a missing or inconsistent piece raises DataError."""
+    """Load `models/foundation/` (only `parts`) after checking every file's sha256 against its manifest
+    (see `verify_manifest` for the cost); a missing, changed or inconsistent piece raises DataError."""
     root = Path(root)
-    if not (root / MANIFEST).is_file():
-        raise DataError(f"{root / MANIFEST}: missing; build it with the `foundation` stage (dvc repro foundation)")
+    manifest = verify_manifest(root, "foundation")
     parts = {p for part in parts for p in ALIASES.get(part, (part,))}
     unknown = parts - set(PARTS)
     if unknown:
         raise ValueError(f"unknown foundation parts {sorted(unknown)}; choose from {PARTS} or {list(ALIASES)}")
     caption_embeds, null_embeds, captions = _load_conditioning(root / "conditioning")
-    found = Foundation(root, json.loads((root / MANIFEST).read_text()), caption_embeds, null_embeds, captions)
+    found = Foundation(root, manifest, caption_embeds, null_embeds, captions)
     sd = root / "stable_diffusion"
     for part in ("unet", "vae"):
         if part in parts:
