@@ -28,7 +28,7 @@ def one_config(args) -> dict:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from dreamdiffusion.finetune.trainable import count_parameters, set_unet_trainable
+    from dreamdiffusion.finetune.trainable import parameter_counts, set_unet_trainable
     from dreamdiffusion.foundation.shapes import sd15_unet_config
 
     torch.manual_seed(0)
@@ -39,7 +39,7 @@ def one_config(args) -> dict:
     trainable = set_unet_trainable(unet, "cross_attention")
     if args.variant == "original":  # the original: gradients computed for the whole UNet
         unet.requires_grad_(True)
-    n_trainable, n_total = count_parameters(unet)
+    n_trainable, n_total = parameter_counts(unet)
     cond = torch.randn(args.batch, 77, 768, device=device, requires_grad=True)  # the EEG condition
     optimizer = torch.optim.AdamW(trainable + [cond], lr=1e-5)
     latent = args.resolution // 8

@@ -142,7 +142,7 @@ def finetune_row(scale: Scale, device) -> dict:
     from dreamdiffusion.finetune.engine import Models, losses
     from dreamdiffusion.finetune.model import TimeConditioning
     from dreamdiffusion.finetune.train import FinetuneConfig, make_optimizer
-    from dreamdiffusion.finetune.trainable import count_parameters, set_unet_trainable
+    from dreamdiffusion.finetune.trainable import parameter_counts, set_unet_trainable
     from dreamdiffusion.foundation.shapes import SD15_SCHEDULE
 
     unet, vae = sd_models(scale, device)
@@ -170,7 +170,7 @@ def finetune_row(scale: Scale, device) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     seconds = timed(step, scale.finetune_steps, device)
-    trainable = sum(count_parameters(m)[0] for m in (cond, unet))
+    trainable = sum(parameter_counts(m)[0] for m in (cond, unet))
     return {"row": "finetune", "setting": f"{scale.pixels} px, batch {b}, bf16, gradient checkpointing",
             "trainable_params": trainable, "s_per_step": round(seconds, 3), "peak_gib": round(peak_gib(device), 2)}
 
@@ -179,7 +179,7 @@ def generate_row(kind: str, scale: Scale, device) -> dict:
     """Images/s generated from EEG with one sampler (guidance 3: two UNet passes per step)."""
     import torch
 
-    from dreamdiffusion.finetune.sample import generate, make_scheduler
+    from dreamdiffusion.finetune.sample import images_from_eeg, make_scheduler
     from dreamdiffusion.foundation.shapes import SD15_SCHEDULE
     from dreamdiffusion.foundation.text_to_image import sd_scheduler
 
@@ -190,7 +190,7 @@ def generate_row(kind: str, scale: Scale, device) -> dict:
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            generate(cond, unet, vae, scheduler, eeg, seeds, scale.steps[kind], 3.0)
+            images_from_eeg(cond, unet, vae, scheduler, eeg, seeds, scale.steps[kind], 3.0)
 
     seconds = timed(step, 1, device)
     return {"row": f"generate-{kind}", "setting": f"{scale.pixels} px, {scale.steps[kind]} steps, guidance 3, bf16",

@@ -46,7 +46,7 @@ def scale_params(subjects: int) -> dict:
         "finetune": {"epochs": 1, "batch_size": 8, "val_every": 1, "val_trials": 10, "val_steps": 2,
                      "encode_batch_size": 16, "val_batch_size": 16},
         "generate": {"samples_per_eeg": 1, "steps": 2, "batch_size": 16, "decode_batch_size": 8},
-        "evaluate": {"trials": 5, "kid_subset_size": 10, "batch_size": 32},
+        "evaluate": {"nway_draws": 5, "kid_subset_size": 10, "batch_size": 32},
     }
 
 

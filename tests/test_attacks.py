@@ -440,10 +440,7 @@ ATTACKS = [
            ("models/pretrain/manifest.json", "'../../../config.json'", "outside")),
     Attack("flipped-byte-raw-eeg", "preprocess", lambda ctx: flip_byte(ctx.repo / "data/raw/eeg_5_95_std.pth"),
            ("data/raw/eeg_5_95_std.pth", "sha256", "`download` stage")),
-    pytest.param(Attack("flipped-byte-processed-eeg", "generate", flip_test_trial, ("data/processed/eeg.h5",)),
-                 marks=pytest.mark.xfail(strict=True, reason="processed HDF5 files carry no checksum: a flipped "
-                                         "sample is read as a valid number (fix: fletcher32 on the datasets, or a "
-                                         "data/processed manifest checked by every reader)")),
+    Attack("flipped-byte-processed-eeg", "generate", flip_test_trial, ("data/processed/eeg.h5", "damaged")),
     Attack("truncated-processed-images", "foundation",
            lambda ctx: truncate(ctx.repo / "data/processed/images.h5"), ("data/processed/images.h5", "cannot read")),
     # raw data (download.source: local)

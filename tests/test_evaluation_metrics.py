@@ -30,8 +30,8 @@ def test_perfect_generator_scores_one_and_worst_scores_zero():
     true = rng.integers(0, 20, size=30)
     perfect = np.stack([ranked_probs(20, t, 0) for t in true])
     worst = np.stack([ranked_probs(20, t, 19) for t in true])
-    assert np.all(nway_topk(perfect, true, n_way=5, k=1, trials=50, seed=0) == 1.0)
-    assert np.all(nway_topk(worst, true, n_way=5, k=1, trials=50, seed=0) == 0.0)
+    assert np.all(nway_topk(perfect, true, n_way=5, k=1, draws=50, seed=0) == 1.0)
+    assert np.all(nway_topk(worst, true, n_way=5, k=1, draws=50, seed=0) == 0.0)
 
 
 @pytest.mark.parametrize("num_classes,n_way", [(10, 5), (40, 10), (12, 2)])
@@ -40,7 +40,7 @@ def test_second_ranked_true_class_matches_the_exact_probability(num_classes, n_w
     exact = comb(num_classes - 2, n_way - 1) / comb(num_classes - 1, n_way - 1)
     probs = np.stack([ranked_probs(num_classes, t % num_classes, 1) for t in range(8)])
     true = np.arange(8) % num_classes
-    hits = nway_topk(probs, true, n_way=n_way, k=1, trials=4000, seed=1)
+    hits = nway_topk(probs, true, n_way=n_way, k=1, draws=4000, seed=1)
     assert abs(hits.mean() - exact) < 0.01  # 32000 draws: std ~0.003
     assert np.allclose(expected_nway_topk(probs, true, n_way, 1), exact)
 
@@ -49,17 +49,17 @@ def test_topk_counts_a_hit_when_fewer_than_k_distractors_outrank():
     # true class ranks 3rd of 10 (2 classes above it): top-3 of any 5-way draw is always a hit,
     # top-2 fails only when both higher classes are drawn: C(7,2)/C(9,4) = 21/126
     probs, true = ranked_probs(10, 4, 2)[None], np.array([4])
-    assert nway_topk(probs, true, n_way=5, k=3, trials=200, seed=0)[0] == 1.0
-    top2 = nway_topk(probs, true, n_way=5, k=2, trials=20000, seed=0)[0]
+    assert nway_topk(probs, true, n_way=5, k=3, draws=200, seed=0)[0] == 1.0
+    top2 = nway_topk(probs, true, n_way=5, k=2, draws=20000, seed=0)[0]
     assert abs(top2 - (1 - comb(7, 2) / comb(9, 4))) < 0.01
 
 
 def test_ties_with_a_distractor_count_against_the_generator():
     uniform = np.full((3, 6), 1 / 6)  # every class tied with the true class
-    assert np.all(nway_topk(uniform, np.array([0, 2, 5]), n_way=4, k=1, trials=100, seed=0) == 0.0)
+    assert np.all(nway_topk(uniform, np.array([0, 2, 5]), n_way=4, k=1, draws=100, seed=0) == 0.0)
     # true class tied with exactly one other class, all others lower: hit iff the twin is not drawn
     probs = np.array([[0.3, 0.3, 0.1, 0.1, 0.1, 0.1]])
-    hits = nway_topk(probs, np.array([0]), n_way=3, k=1, trials=20000, seed=0)
+    hits = nway_topk(probs, np.array([0]), n_way=3, k=1, draws=20000, seed=0)
     exact = comb(4, 2) / comb(5, 2)
     assert abs(hits[0] - exact) < 0.01
     assert np.isclose(expected_nway_topk(probs, np.array([0]), 3, 1)[0], exact)
@@ -70,9 +70,9 @@ def test_n_larger_than_the_classes_uses_all_classes():
     assert effective_n_way(50, 1000, distractor_pool=[3, 7, 7, 9]) == 3
     # with all 10 classes as candidates a 2nd-ranked true class never wins top-1
     probs = np.stack([ranked_probs(10, t, 1) for t in range(10)])
-    assert np.all(nway_topk(probs, np.arange(10), n_way=50, k=1, trials=20, seed=0) == 0.0)
+    assert np.all(nway_topk(probs, np.arange(10), n_way=50, k=1, draws=20, seed=0) == 0.0)
     with pytest.raises(ValueError, match="effective n = 10"):
-        nway_topk(probs, np.arange(10), n_way=50, k=10, trials=20, seed=0)
+        nway_topk(probs, np.arange(10), n_way=50, k=10, draws=20, seed=0)
 
 
 def test_distractor_pool_restricts_the_candidates():
@@ -92,7 +92,7 @@ def test_pool_without_the_true_class_draws_n_minus_one_from_the_pool():
     # true class 9 is outside the pool {0..4} and only class 0 outranks it: 2 distractors from 5
     probs = np.array([[0.5, 0.05, 0.05, 0.05, 0.05, 0, 0, 0, 0, 0.3]])
     pool, true = np.arange(5), np.array([9])
-    hits = nway_topk(probs, true, n_way=3, k=1, trials=20000, seed=0, distractor_pool=pool)
+    hits = nway_topk(probs, true, n_way=3, k=1, draws=20000, seed=0, distractor_pool=pool)
     exact = comb(4, 2) / comb(5, 2)  # class 0 not among the 2 distractors drawn from 5
     assert abs(hits[0] - exact) < 0.01
 
@@ -303,6 +303,6 @@ def test_a_control_metric_that_cannot_be_computed_is_reported_absent_with_its_re
                      "file": f"control/{trial}.png"})
     truth = Scores(np.full((2, 4), 0.25), torch.nn.functional.normalize(torch.rand(2, 3), dim=-1))
     out = control_metrics(rows, tmp_path, {0: 0, 1: 1}, {0: 0, 1: 1}, truth, np.array([0, 1]), _Stub(),
-                          EvaluateConfig(trials=3), 0)
+                          EvaluateConfig(nway_draws=3), 0)
     assert 0 <= out["nway_top1"] <= 1
     assert "clip_2way" not in out and "distractor" in out["skipped"]["clip_2way"]

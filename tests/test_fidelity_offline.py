@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import torch_fidelity
 from PIL import Image
-from dreamdiffusion.foundation.fidelity import FeaturesAndLogits
+from dreamdiffusion.foundation.judge_extractor import FeaturesAndLogits
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from dreamdiffusion.evaluation import fidelity_metrics

@@ -25,8 +25,8 @@ from dreamdiffusion.foundation.load import load_foundation
 from dreamdiffusion.mae.encoder import save_encoder
 from dreamdiffusion.mae.model import EEGEncoder, MAEConfig
 
-TINY = FinetuneConfig(epochs=2, batch_size=4, lr=1e-3, val_every=1, val_trials=3, val_steps=2, nway=3, nway_trials=5,
-                      log_every=1)
+TINY = FinetuneConfig(epochs=2, batch_size=4, lr=1e-3, val_every=1, val_trials=3, val_steps=2, nway=3, nway_draws=5,
+                      checkpoint_every=1, log_every=1)
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,17 @@ from dreamdiffusion.config import ConfigError, parse_config
 from dreamdiffusion.data.processed import SPLIT_CODES, ImageSet, load_images, write_h5
 from dreamdiffusion.foundation import FoundationConfig, load_foundation
 from dreamdiffusion.foundation.build import Timer, build_demo, build_foundation, caption_states
-from dreamdiffusion.foundation.clip_mini import clip_tensor_transform, load_clip, save_clip, text_token_states, train_clip
-from dreamdiffusion.foundation.fidelity import JUDGE_EXTRACTOR, register_judge_extractor
-from dreamdiffusion.foundation.judge import predict, to_float_images
-from dreamdiffusion.foundation.text_to_image import generate
+from dreamdiffusion.foundation.clip_mini import (
+    clip_tensor_transform,
+    load_clip,
+    save_clip,
+    text_token_states,
+    train_clip,
+)
+from dreamdiffusion.foundation.images import to_float_images
+from dreamdiffusion.foundation.judge import predict
+from dreamdiffusion.foundation.judge_extractor import JUDGE_EXTRACTOR, register_judge_extractor
+from dreamdiffusion.foundation.text_to_image import images_from_captions
 from dreamdiffusion.io import DataError, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,9 +124,9 @@ def test_pipeline_generates_deterministically(demo):
     found = load_foundation(demo[0], parts=("stable_diffusion",))
     assert found.judge is None and found.clip is None
     embeds = found.caption_embeds[[0, 1]]
-    first = generate(found.pipeline(), embeds, found.null_embeds, 3.0, 2, seed=5)
-    again = generate(found.pipeline(), embeds, found.null_embeds, 3.0, 2, seed=5)
-    other = generate(found.pipeline(), embeds, found.null_embeds, 3.0, 2, seed=6)
+    first = images_from_captions(found.pipeline(), embeds, found.null_embeds, 3.0, 2, seed=5)
+    again = images_from_captions(found.pipeline(), embeds, found.null_embeds, 3.0, 2, seed=5)
+    other = images_from_captions(found.pipeline(), embeds, found.null_embeds, 3.0, 2, seed=6)
     assert first.shape == (2, 3, 16, 16) and 0 <= first.min() and first.max() <= 1
     assert torch.equal(first, again) and not torch.equal(first, other)
 

@@ -21,7 +21,7 @@ TINY_ALL = merge(TINY, {
                  "epochs": 1, "batch_size": 2},
     "finetune": {"epochs": 2, "batch_size": 8, "val_every": 1, "val_trials": 4, "val_steps": 2},
     "generate": {"samples_per_eeg": 2, "steps": 2, "batch_size": 16},
-    "evaluate": {"trials": 5, "kid_subset_size": 4},
+    "evaluate": {"nway_draws": 5, "kid_subset_size": 4},
 })
 EVAL_KEYS = ["nway_top1", "nway_top1_std", "nway_top1_dataset_classes", "fid", "is_mean", "is_std", "kid_mean",
              "kid_std", "clip_similarity", "clip_2way", "ssim", "pixcorr", "eeg_top1", "eeg_top5"]

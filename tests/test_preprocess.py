@@ -11,7 +11,7 @@ import torch
 from dreamdiffusion.config import ConfigError, parse_config
 from dreamdiffusion.data.corpus import PAIRED_TRAIN, build_corpus
 from dreamdiffusion.data.preprocess import PreprocessConfig, ProcessedPaths, corpus_settings, run_preprocess
-from dreamdiffusion.data.processed import SPLIT_CODES, UNUSED
+from dreamdiffusion.data.processed import SPLIT_CODES
 from dreamdiffusion.data.raw import RawManifest
 from dreamdiffusion.io import DataError
 

@@ -61,7 +61,9 @@ def write_h5(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict | None
 
 class H5Writer:
     """A new HDF5 file written deterministically (no timestamps); row datasets can be filled
-    or grown a batch at a time, so a large set never has to sit in memory at once."""
+    or grown a batch at a time, so a large set never has to sit in memory at once. Every numeric
+    dataset is chunked with a Fletcher-32 checksum per chunk: a changed byte fails the read
+    (`H5Array` turns that into a DataError naming the file) instead of passing as a number."""
 
     def __init__(self, path: str | Path, attrs: dict | None = None):
         self.handle = h5py.File(path, "w", track_order=False)
@@ -73,14 +75,14 @@ class H5Writer:
         if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype.kind in "OU"):
             self.handle.create_dataset(key, data=np.asarray(value, dtype=object), dtype=STR, track_times=False)
             return
-        chunks = (1, *value.shape[1:]) if chunk_rows and len(value) else None
-        self.handle.create_dataset(key, data=value, chunks=chunks, track_times=False)
+        chunks = (1, *value.shape[1:]) if chunk_rows and len(value) else True if value.size else None
+        self.handle.create_dataset(key, data=value, chunks=chunks, fletcher32=bool(chunks), track_times=False)
 
     def rows(self, key: str, shape: tuple[int, ...], dtype, growable: bool = False):
         """An empty dataset of `shape` chunked one row per chunk (growable: the first axis may grow)."""
         maxshape = (None, *shape[1:]) if growable else None
         return self.handle.create_dataset(key, shape=shape, dtype=dtype, chunks=(1, *shape[1:]), maxshape=maxshape,
-                                          track_times=False)
+                                          fletcher32=True, track_times=False)
 
     def append(self, key: str, rows: np.ndarray) -> None:
         """Append rows to the growable dataset `key` (see `rows`)."""
@@ -121,15 +123,25 @@ class H5Array:
             self._file = h5py.File(self.path, "r")
         return self._file[self.key]
 
+    def _read(self, rows) -> np.ndarray:
+        """File rows `rows` (an int or sorted ints); a failed checksum or read is a DataError naming the file."""
+        try:
+            return self._dataset()[rows] if isinstance(rows, int) else read_rows(self._dataset(), rows)
+        except OSError as err:
+            from ..io import DataError
+
+            raise DataError(f"{self.path}: cannot read '{self.key}' ({err}): the file is damaged; rerun the stage "
+                            f"that wrote it") from None
+
     def __getitem__(self, index) -> np.ndarray:
         if isinstance(index, (int, np.integer)):
-            return self._dataset()[int(self.rows[index])]
+            return self._read(int(self.rows[index]))
         wanted = self.rows[index]  # slice or integer array -> file rows, in the caller's order
         if len(wanted) == 0:
             return np.empty((0, *self.shape[1:]), self.dtype)
         order = np.argsort(wanted, kind="stable")
         unique, inverse = np.unique(wanted[order], return_inverse=True)
-        values = read_rows(self._dataset(), unique)[inverse]
+        values = self._read(unique)[inverse]
         out = np.empty_like(values)
         out[order] = values
         return out

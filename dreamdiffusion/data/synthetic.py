@@ -26,6 +26,7 @@ import torch
 
 from ..config import ConfigError, param
 from ..progress import progress
+from ..signal import resample_linear
 from . import synthetic_eeg as sim
 from .raw import CAPTIONS_FILE, CORPUS_DIR, IMAGES_DIR, RawManifest, image_path
 from .synthetic_images import class_concepts, render_image, save_jpeg
@@ -248,14 +249,6 @@ def generate_world(config: SyntheticConfig, seed: int, out_dir: Path) -> RawMani
                        images_dir=IMAGES_DIR, captions_file=CAPTIONS_FILE, corpus_dir=CORPUS_DIR)
 
 
-def resample_linear(eeg: np.ndarray, n_out: int) -> np.ndarray:
-    """Linear interpolation of (..., T) onto `n_out` evenly spaced points (the official loader)."""
-    grid = np.linspace(0, eeg.shape[-1] - 1, n_out)
-    left = np.minimum(grid.astype(int), eeg.shape[-1] - 2)
-    frac = (grid - left).astype(eeg.dtype)
-    return eeg[..., left] * (1 - frac) + eeg[..., left + 1] * frac
-
-
 def probe_features(eeg_file: Path, bins: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Loader-style features of every trial: keep 450 <= T <= 600, crop 20:460, resample to
     512, average into `bins` time bins. Returns (features (N, 128 * bins), labels, trial ids)."""
@@ -265,7 +258,7 @@ def probe_features(eeg_file: Path, bins: int = 16) -> tuple[np.ndarray, np.ndarr
     low, high = OFFICIAL_LENGTHS
     keep = [i for i, t in enumerate(dataset) if low <= t["eeg"].shape[1] <= high]
     eeg = np.stack([dataset[i]["eeg"][:, 20:460].numpy() for i in keep])  # (N, 128, 440)
-    eeg = resample_linear(eeg, 512).reshape(len(keep), eeg.shape[1], bins, -1).mean(-1)
+    eeg = resample_linear(eeg, 512).reshape(len(keep), eeg.shape[1], bins, -1).mean(-1)  # (N, 128, bins)
     labels = np.array([dataset[i]["label"] for i in keep])
     return eeg.reshape(len(keep), -1), labels, np.array(keep)
 
@@ -273,17 +266,14 @@ def probe_features(eeg_file: Path, bins: int = 16) -> tuple[np.ndarray, np.ndarr
 def probe_decodability(eeg_file: Path, splits_file: Path, split: int = 0, bins: int = 16,
                        C: float = 0.01) -> dict:
     """Single-trial class decoding by logistic regression: train on `train`, score on `val`."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     from ..io import safe_torch_load
+    from ..probe import probe_classifier
 
     start = time.perf_counter()
     features, labels, trials = probe_features(eeg_file, bins)
     parts = safe_torch_load(splits_file)["splits"][split]
     train, val = (np.isin(trials, parts[name]) for name in ("train", "val"))
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+    model = probe_classifier(C)
     model.fit(features[train], labels[train])
     return {"train_acc": float(model.score(features[train], labels[train])),
             "val_acc": float(model.score(features[val], labels[val])),

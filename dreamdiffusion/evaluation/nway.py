@@ -30,7 +30,7 @@ def effective_n_way(n_way: int, num_classes: int, distractor_pool=None) -> int:
     return int(min(n_way, available))
 
 
-def _check_inputs(gen_probs, true_classes, n_way, k, trials, distractor_pool):
+def _check_inputs(gen_probs, true_classes, n_way, k, draws, distractor_pool):
     """Validate shapes and ranges; return (probs (N, C), true (N,), pool (P,), n)."""
     probs, true = np.asarray(gen_probs, dtype=np.float64), np.asarray(true_classes)
     if probs.ndim != 2 or true.shape != (probs.shape[0],):
@@ -43,30 +43,30 @@ def _check_inputs(gen_probs, true_classes, n_way, k, trials, distractor_pool):
     if pool.size < 2 or not np.issubdtype(pool.dtype, np.integer) or pool.min() < 0 or pool.max() >= num_classes:
         raise ValueError(f"distractor_pool must hold >= 2 class indices in [0, {num_classes}), got {pool.tolist()}")
     n = effective_n_way(n_way, num_classes, pool)
-    if n_way < 2 or not 1 <= k < n or trials < 1:
-        raise ValueError(f"need n_way >= 2, 1 <= k < n (effective n = {n}) and trials >= 1; "
-                         f"got n_way={n_way}, k={k}, trials={trials}")
+    if n_way < 2 or not 1 <= k < n or draws < 1:
+        raise ValueError(f"need n_way >= 2, 1 <= k < n (effective n = {n}) and draws >= 1; "
+                         f"got n_way={n_way}, k={k}, draws={draws}")
     return probs, true, pool, n
 
 
-def nway_topk(gen_probs, true_classes, n_way: int, k: int, trials: int, seed: int,
+def nway_topk(gen_probs, true_classes, n_way: int, k: int, draws: int, seed: int,
               distractor_pool=None) -> np.ndarray:
-    """Per-image hit rate (N,) over `trials` random draws of n-1 distractors (MinD-Vis n-way top-k).
+    """Per-image hit rate (N,) over `draws` random draws of n-1 distractors (MinD-Vis n-way top-k).
 
     gen_probs: (N, C) judge probabilities on the generated images; true_classes: (N,) ints (see
     `true_classes_from`); distractor_pool: class indices to draw distractors from (default: all C).
     n is `effective_n_way(n_way, C, distractor_pool)`; k must be < n. Same seed -> same result.
     """
-    probs, true, pool, n = _check_inputs(gen_probs, true_classes, n_way, k, trials, distractor_pool)
+    probs, true, pool, n = _check_inputs(gen_probs, true_classes, n_way, k, draws, distractor_pool)
     rng = np.random.default_rng(seed)
     p_true = probs[np.arange(len(true)), true]  # (N,)
     beats = probs[:, pool] >= p_true[:, None]  # (N, P): this pool class outranks the true class
     is_true = pool[None, :] == true[:, None]  # (N, P): never drawn as a distractor
-    rows = max(1, _CHUNK_ELEMENTS // (trials * pool.size))
+    rows = max(1, _CHUNK_ELEMENTS // (draws * pool.size))
     hit_rate = np.empty(len(true))
     for start in range(0, len(true), rows):
         sl = slice(start, start + rows)
-        keys = rng.random((beats[sl].shape[0], trials, pool.size), dtype=np.float32)  # (B, T, P)
+        keys = rng.random((beats[sl].shape[0], draws, pool.size), dtype=np.float32)  # (B, T, P)
         keys[np.broadcast_to(is_true[sl, None, :], keys.shape)] = np.inf
         drawn = np.argpartition(keys, n - 2, axis=2)[:, :, : n - 1]  # (B, T, n-1) random distractors
         n_beating = np.take_along_axis(np.broadcast_to(beats[sl, None, :], keys.shape), drawn, axis=2).sum(2)
@@ -75,7 +75,7 @@ def nway_topk(gen_probs, true_classes, n_way: int, k: int, trials: int, seed: in
 
 
 def expected_nway_topk(gen_probs, true_classes, n_way: int, k: int, distractor_pool=None) -> np.ndarray:
-    """Exact per-image hit probability (N,): the limit of `nway_topk` as trials -> infinity.
+    """Exact per-image hit probability (N,): the limit of `nway_topk` as draws -> infinity.
 
     The number of outranking classes among n-1 distractors drawn without replacement is
     hypergeometric, so P(hit) = P(X < k) with X ~ Hypergeom(M=#candidates, K=#outranking, n-1).

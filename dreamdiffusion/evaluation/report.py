@@ -25,7 +25,7 @@ class EvaluateConfig:
     """The `evaluate` params section."""
 
     nway: int = param(50, min=2, help="n of the n-way protocol (capped at the judge's classes)")
-    trials: int = param(50, min=1, help="distractor draws per image (DreamDiffusion 50, MinD-Vis 1000)")
+    nway_draws: int = param(50, min=1, help="random distractor draws per image (DreamDiffusion 50, MinD-Vis 1000)")
     fidelity: bool = param(True, help="compute FID / IS / KID")
     kid_subset_size: int = param(100, min=2)
     batch_size: int = param(128, min=1, help="images per judge / CLIP / SSIM batch")
@@ -107,7 +107,7 @@ def nway_block(gen_probs, true_classes, cfg: EvaluateConfig, seed: int, samples:
     for k in (1, 5):
         if k >= n:
             continue
-        hits = nway_topk(gen_probs, true_classes, cfg.nway, k, cfg.trials, seed, pool)
+        hits = nway_topk(gen_probs, true_classes, cfg.nway, k, cfg.nway_draws, seed, pool)
         out[f"top{k}"], out[f"top{k}_std"] = summarize_over_samples(hits.reshape(-1, samples))
         out[f"hits{k}"] = hits  # (N,) per image, for per-class plots
     out["n"] = n
@@ -199,7 +199,7 @@ def evaluate_generated(rows: list[dict], gen_dir: Path, image_set, test, generat
         "nway_top1": main["top1"], "nway_top1_std": main["top1_std"],
         **({"nway_top5": main["top5"], "nway_top5_std": main["top5_std"]} if "top5" in main else {}),
         "nway_top1_dataset_classes": strict["top1"], "nway": main["n"], "nway_dataset_classes": strict["n"],
-        "nway_trials": cfg.trials, "nway_seed": seed, "chance": 1.0 / main["n"],
+        "nway_draws": cfg.nway_draws, "nway_seed": seed, "chance": 1.0 / main["n"],
         "clip_similarity": float(clip_similarity(generated.clip, truth.clip[own]).mean()),
         "clip_2way": float(two_way_identification(generated.clip, truth.clip, own=own).mean()),
         **pair_similarity(gen_files, images_used[own], image_set.images, size, cfg.batch_size),

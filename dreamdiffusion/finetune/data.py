@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..data.processed import H5Writer
-from ..foundation.judge import to_float_images
+from ..foundation.images import to_float_images
 from ..io import DataError, atomic_path, sha256_file
 
 FEATURES_VERSION = "1"

@@ -70,7 +70,7 @@ def losses(models: Models, batch, config, time_cond: TimeConditioning, seed: int
     return {"loss": total, "diffusion_loss": diffusion, "clip_loss": clip, "caption_loss": caption_loss}
 
 
-def train_one_epoch(models: Models, loader, optimizer, accelerator, config, seed: int, epoch: int, step: int,
+def finetune_one_epoch(models: Models, loader, optimizer, accelerator, config, seed: int, epoch: int, step: int,
                     log: Callable[[dict, int], None] | None = None, ema=None) -> tuple[dict, int]:
     """One pass over the train loader; returns (mean losses, next global step)."""
     models.conditioner.train()
@@ -123,15 +123,15 @@ def val_nway(models: Models, data, foundation, scheduler, config, seed: int, bat
     """(n-way top-1, n) of images generated from the probe val trials, judged against their ground truth."""
     from ..evaluation import effective_n_way, nway_topk
     from ..foundation.judge import predict
-    from .sample import generate
+    from .sample import images_from_eeg
 
     probs = []
     for start in range(0, len(data.probe_rows), batch_size):
         rows = data.probe_rows[start : start + batch_size]
         eeg = torch.stack([data.val[int(r)][1] for r in rows])
-        images = generate(models.conditioner, models.unet, models.vae, scheduler, eeg,
+        images = images_from_eeg(models.conditioner, models.unet, models.vae, scheduler, eeg,
                           [seed + int(r) for r in rows], config.val_steps, config.val_guidance)
         probs.append(predict(foundation.judge, foundation.judge_transform, images, batch_size).softmax(-1).numpy())
     probs = np.concatenate(probs)
-    hits = nway_topk(probs, data.probe_true, config.nway, 1, config.nway_trials, seed)
+    hits = nway_topk(probs, data.probe_true, config.nway, 1, config.nway_draws, seed)
     return float(np.mean(hits)), effective_n_way(config.nway, probs.shape[1])

@@ -67,9 +67,9 @@ class EEGImageGenerator:
     def images(self, eeg: torch.Tensor, seeds: list[int], scheduler: str = "ddim", steps: int = 25,
                guidance: float = 3.0, decode_batch: int | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] (on the CPU) from EEG (B, 128, 512), one seed per image."""
-        from .sample import generate, make_scheduler
+        from .sample import images_from_eeg, make_scheduler
 
-        return generate(self.conditioner, self.unet, self.vae, make_scheduler(scheduler, self.scheduler_config),
+        return images_from_eeg(self.conditioner, self.unet, self.vae, make_scheduler(scheduler, self.scheduler_config),
                         eeg, seeds, steps, guidance, decode_batch).cpu()
 
     @torch.no_grad()

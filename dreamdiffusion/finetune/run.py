@@ -9,16 +9,16 @@ import numpy as np
 import torch
 
 from ..data.processed import load_images, load_paired_eeg, read_processed
-from ..foundation.judge import to_float_images
+from ..foundation.images import to_float_images
 from ..foundation.load import load_foundation
 from ..io import sha256_file, write_json
 from ..plots import save_image_grid, write_history_csv
 from ..results import StageResult
 from .data import cached_features, features_key, finetune_data, write_features
 from .load import save_finetuned
-from .sample import generate, make_scheduler
+from .sample import images_from_eeg, make_scheduler
 from .train import FinetuneConfig, FinetuneResult, build_models, finetune
-from .trainable import count_parameters
+from .trainable import parameter_counts
 
 LOSS_KEYS = ["train_loss", "train_diffusion_loss", "train_clip_loss", "val_loss", "val_diffusion_loss",
              "val_clip_loss", "val_clip_cosine", "val_nway_top1"]
@@ -57,7 +57,7 @@ def val_grid(result: FinetuneResult, data, image_set, paired, seed: int, config:
     models = result.models
     rows = np.linspace(0, len(data.val) - 1, min(8, len(data.val))).round().astype(int)
     eeg = torch.stack([data.val[int(r)][1] for r in rows])
-    generated = generate(models.conditioner, models.unet, models.vae, make_scheduler("ddim", models.noise_scheduler.config),
+    generated = images_from_eeg(models.conditioner, models.unet, models.vae, make_scheduler("ddim", models.noise_scheduler.config),
                          eeg, [seed + int(r) for r in rows], config.val_steps, config.val_guidance).cpu()
     truth = to_float_images(image_set.images[paired.image_index[paired.subset("val")][rows]])
     save_image_grid(torch.cat([truth, generated]), path, nrow=len(rows))
@@ -67,7 +67,7 @@ def summary(result: FinetuneResult, data) -> dict:
     """The metrics of a run: the kept (best on val) epoch's val measures, the last epoch's train loss, sizes."""
     best = next(h for h in result.history if h["epoch"] == result.best_epoch)
     last = result.history[-1]
-    trainable, total = (sum(count_parameters(m)[i] for m in (result.models.conditioner, result.models.unet))
+    trainable, total = (sum(parameter_counts(m)[i] for m in (result.models.conditioner, result.models.unet))
                         for i in (0, 1))
     return {
         "best_epoch": result.best_epoch, "epochs": len(result.history),

@@ -38,7 +38,7 @@ def decode(vae, latents: torch.Tensor, batch_size: int | None = None) -> torch.T
 
 
 @torch.no_grad()
-def generate(conditioner: EEGConditioner, unet, vae, scheduler, eeg: torch.Tensor, seeds: list[int],
+def images_from_eeg(conditioner: EEGConditioner, unet, vae, scheduler, eeg: torch.Tensor, seeds: list[int],
              steps: int = 25, guidance: float = 3.0, decode_batch: int | None = None) -> torch.Tensor:
     """Images (B, 3, H, W) in [0, 1] from EEG (B, 128, 512), one seed per image (on the UNet's device)."""
     device = next(unet.parameters()).device

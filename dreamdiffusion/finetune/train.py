@@ -24,7 +24,7 @@ from ..mae.encoder import load_encoder
 from ..mae.train import EpochShuffle
 from ..training import Checkpoints, History, run_epochs
 from .data import FinetuneData
-from .engine import Models, train_one_epoch, val_losses, val_nway
+from .engine import Models, finetune_one_epoch, val_losses, val_nway
 from .model import ConditionerConfig, EEGConditioner, unet_time_dim
 from .trainable import set_unet_trainable
 
@@ -60,7 +60,7 @@ class FinetuneConfig:
     val_steps: int = param(10, min=1)
     val_guidance: float = param(3.0, min=1.0)
     nway: int = param(50, min=2)
-    nway_trials: int = param(50, min=1)
+    nway_draws: int = param(50, min=1, help="random distractor draws per val image in the quick n-way")
     select_by: str = param("val_nway_top1", choices=["val_nway_top1", "val_loss"])
     checkpoint_every: int = param(2, min=1, run_key=False)
     keep_checkpoints: bool = param(False, help="keep the resume checkpoint after a successful run", run_key=False)
@@ -219,7 +219,7 @@ def epoch_runner(models: Models, unwrapped, loader, optimizer, accelerator, data
 
     def one_epoch(epoch: int) -> dict:
         loader.set_epoch(epoch)  # the prepared loader passes it on to the sampler
-        stats, _ = train_one_epoch(models, loader, optimizer, accelerator, config, seed, epoch, epoch * len(loader),
+        stats, _ = finetune_one_epoch(models, loader, optimizer, accelerator, config, seed, epoch, epoch * len(loader),
                                    log, ema)
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
         if accelerator.is_main_process and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):

@@ -38,7 +38,7 @@ def set_unet_trainable(unet: torch.nn.Module, mode: str) -> list[torch.nn.Parame
     return [p for p in unet.parameters() if p.requires_grad]
 
 
-def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
+def parameter_counts(module: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(module.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

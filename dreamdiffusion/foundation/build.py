@@ -14,9 +14,10 @@ from ..io import MANIFEST, DataError, atomic_path, write_manifest
 from ..results import StageResult
 from .clip_mini import DEMO_MODEL_NAME, save_clip, text_token_states, train_clip
 from .config import FoundationConfig, check_demo_image_size
-from .evaluate import evaluate
-from .fidelity import JUDGE_EXTRACTOR
-from .judge import save_judge, to_float_images, train_judge
+from .evaluate import measure_foundation
+from .images import to_float_images
+from .judge import save_judge, train_judge
+from .judge_extractor import JUDGE_EXTRACTOR
 from .load import load_foundation, save_conditioning
 from .text_to_image import make_pipeline, save_pipeline, sd_scheduler, train_unet
 from .vae import encode_moments, train_vae
@@ -132,7 +133,7 @@ def build_foundation(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir
         build_pretrained(images, cfg, out_dir, timer, device)
     with timer("evaluate"):
         foundation = load_foundation(out_dir, device)
-        metrics, figures = evaluate(foundation, images, cfg.sample, seed, judge_metrics=cfg.source == "demo")
+        metrics, figures = measure_foundation(foundation, images, cfg.sample, seed, judge_metrics=cfg.source == "demo")
     timer.seconds["total"] = round(time.perf_counter() - start, 2)
     print(f"[foundation] total: {timer.seconds['total']:.1f} s", flush=True)
     metrics.update({f"seconds_{part}": value for part, value in timer.seconds.items()})

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from ..io import DataError, atomic_path, cpu_state_dict
 from ..progress import progress
 from .config import CLIPConfig
-from .judge import _augment
+from .images import augment, descend, one_cycle, resize_normalize, to_float_images
 
 DEMO_MODEL_NAME = "dreamdiffusion-clip-mini"
 CONFIG_NAME, WEIGHTS_NAME = "open_clip_config.json", "open_clip_model.safetensors"
@@ -64,15 +64,7 @@ def create_demo_clip(cfg: CLIPConfig, image_size: int) -> tuple[torch.nn.Module,
 def clip_tensor_transform(pre_cfg: dict):
     """Images (B, 3, H, W) float in [0, 1] -> CLIP image input (resized, normalized)."""
     size = pre_cfg["size"] if isinstance(pre_cfg["size"], int) else pre_cfg["size"][0]
-    mean = torch.tensor(pre_cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(pre_cfg["std"]).view(1, 3, 1, 1)
-
-    def transform(images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        return (images.clamp(0, 1) - mean.to(images)) / std.to(images)
-
-    return transform
+    return resize_normalize(size, pre_cfg["mean"], pre_cfg["std"], "bicubic", clamp=True)
 
 
 def text_token_states(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -99,23 +91,17 @@ def contrastive_loss(image_features, text_features, labels, logit_scale) -> torc
 def train_clip(images: np.ndarray, labels: np.ndarray, captions: list[str], cfg: CLIPConfig,
                device: str = "cpu") -> tuple[torch.nn.Module, dict, dict]:
     """Train the miniature CLIP on (image, class caption) pairs; returns (model, model_cfg, preprocess_cfg)."""
-    from .judge import to_float_images
-
     image_size = int(images.shape[1])
     model, model_cfg = create_demo_clip(cfg, image_size)
     model, pre_cfg = model.to(device).train(), preprocess_cfg(image_size)
     transform, tokens = clip_tensor_transform(pre_cfg), open_clip.get_tokenizer(DEMO_MODEL_NAME)(captions).to(device)
     x, y = to_float_images(images), torch.from_numpy(labels).long()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    optimizer, schedule = one_cycle(model.parameters(), cfg.lr, cfg.steps, weight_decay=0.05, pct_start=0.1)
     for _ in progress(range(cfg.steps), desc="clip", mininterval=2):
         idx = torch.randint(0, len(x), (cfg.batch_size,))
-        image_features = model.encode_image(transform(_augment(x[idx])).to(device))
+        image_features = model.encode_image(transform(augment(x[idx])).to(device))
         loss = contrastive_loss(image_features, model.encode_text(tokens), y[idx].to(device), model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        descend(loss, optimizer, schedule)
     return model.eval(), model_cfg, pre_cfg
 
 

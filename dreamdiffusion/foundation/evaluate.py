@@ -8,8 +8,9 @@ from torchvision.utils import make_grid
 
 from ..data.processed import ImageSet
 from .config import SampleConfig
-from .judge import predict, to_float_images
-from .text_to_image import generate
+from .images import to_float_images
+from .judge import predict
+from .text_to_image import images_from_captions
 from .vae import psnr, reconstruct
 
 
@@ -68,7 +69,7 @@ def val_batches(foundation, images: ImageSet, batch_size: int, judge_metrics: bo
         yield rows, x, recon, sums
 
 
-def evaluate(foundation, images: ImageSet, cfg: SampleConfig, seed: int, judge_metrics: bool = True):
+def measure_foundation(foundation, images: ImageSet, cfg: SampleConfig, seed: int, judge_metrics: bool = True):
     """Metrics dict and figures {'recon', 'captions'} (PIL images) on the val split, `cfg.batch_size`
     images at a time (val images are streamed from disk)."""
     val, num_classes = images.subset("val"), len(images.captions)
@@ -84,7 +85,7 @@ def evaluate(foundation, images: ImageSet, cfg: SampleConfig, seed: int, judge_m
     per_class = cfg.per_class if judge_metrics else cfg.grid_per_class
     targets = np.repeat(np.arange(num_classes), per_class)
     embeds = foundation.caption_embeds[torch.from_numpy(targets)]
-    generated = generate(foundation.pipeline(), embeds, foundation.null_embeds, cfg.guidance_scale,
+    generated = images_from_captions(foundation.pipeline(), embeds, foundation.null_embeds, cfg.guidance_scale,
                          cfg.inference_steps, seed, cfg.batch_size)
     rows = [generated[targets == c][: cfg.grid_per_class] for c in range(num_classes)]
     figures["captions"] = image_grid(rows, [c[:40] for c in images.captions])

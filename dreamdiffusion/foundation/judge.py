@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from ..io import DataError, atomic_path, cpu_state_dict
 from ..progress import progress
 from .config import JudgeConfig
+from .images import augment, descend, one_cycle, resize_normalize, to_float_images
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -60,30 +61,7 @@ def build_judge(config: dict) -> nn.Module:
 
 def judge_transform(config: dict):
     """Images (B, 3, H, W) float in [0, 1] -> the judge's input (resized, normalized)."""
-    size, mode = config["image_size"], config.get("interpolation", "bilinear")
-    mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(config["std"]).view(1, 3, 1, 1)
-
-    def transform(images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, size=(size, size), mode=mode, antialias=True, align_corners=False)
-        return (images - mean.to(images)) / std.to(images)
-
-    return transform
-
-
-def to_float_images(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-
-
-def _augment(x: torch.Tensor) -> torch.Tensor:
-    """Random shifts of up to 1/8 of the image (reflect padding) and horizontal flips."""
-    pad = max(1, x.shape[-1] // 8)
-    padded = F.pad(x, (pad,) * 4, mode="reflect")
-    i, j = np.random.randint(0, 2 * pad + 1, size=2)
-    x = padded[..., i : i + x.shape[-2], j : j + x.shape[-1]]
-    return torch.where(torch.rand(x.shape[0], 1, 1, 1) < 0.5, x.flip(-1), x)
+    return resize_normalize(config["image_size"], config["mean"], config["std"], config.get("interpolation", "bilinear"))
 
 
 def train_judge(images: np.ndarray, labels: np.ndarray, class_names: list[str], cfg: JudgeConfig,
@@ -97,16 +75,12 @@ def train_judge(images: np.ndarray, labels: np.ndarray, class_names: list[str], 
     model, transform = build_judge(config).to(device), judge_transform(config)
     y = torch.from_numpy(labels).long()
     steps = cfg.epochs * max(1, len(x) // cfg.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps)
+    optimizer, schedule = one_cycle(model.parameters(), cfg.lr, steps, weight_decay=1e-4)
     model.train()
     for _ in progress(range(steps), desc="judge", mininterval=2):
         idx = torch.randint(0, len(x), (cfg.batch_size,))
-        loss = F.cross_entropy(model(transform(_augment(x[idx])).to(device)), y[idx].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        loss = F.cross_entropy(model(transform(augment(x[idx])).to(device)), y[idx].to(device))
+        descend(loss, optimizer, schedule)
     return model.eval(), config
 
 

@@ -81,7 +81,7 @@ class Foundation:
         """kwargs for `torch_fidelity.calculate_metrics`: the feature extractor and its weights."""
         fidelity = self.manifest["fidelity"]
         if fidelity["feature_extractor"] != "inception-v3-compat":
-            from .fidelity import register_judge_extractor
+            from .judge_extractor import register_judge_extractor
 
             register_judge_extractor()
         return {"feature_extractor": fidelity["feature_extractor"],

@@ -12,6 +12,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 
 from ..progress import progress
 from .config import UNetConfig
+from .images import descend, one_cycle
 from .shapes import SD15_SCHEDULE
 
 
@@ -40,8 +41,7 @@ def train_unet(latent_mean: torch.Tensor, latent_std: torch.Tensor, labels: torc
     _, channels, size, _ = latent_mean.shape
     unet = build_unet(cfg, size, channels, caption_embeds.shape[-1]).to(device).train()
     noise_scheduler = DDPMScheduler(**SD15_SCHEDULE)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    optimizer, schedule = one_cycle(unet.parameters(), cfg.lr, cfg.steps, weight_decay=1e-2, pct_start=0.05)
     conditions = torch.cat([caption_embeds, null_embeds]).to(device)  # (classes + 1, T, D)
     for _ in progress(range(cfg.steps), desc="unet", mininterval=2):
         idx = torch.randint(0, len(latent_mean), (cfg.batch_size,))
@@ -50,12 +50,7 @@ def train_unet(latent_mean: torch.Tensor, latent_std: torch.Tensor, labels: torc
         noise = torch.randn_like(latents)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), device=device)
         pred = unet(noise_scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=conditions[which.to(device)]).sample
-        loss = F.mse_loss(pred, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        descend(F.mse_loss(pred, noise), optimizer, schedule, clip_params=unet.parameters())
     return unet.eval()
 
 
@@ -80,7 +75,7 @@ def save_pipeline(pipe: StableDiffusionPipeline, out_dir) -> None:
 
 
 @torch.no_grad()
-def generate(pipe: StableDiffusionPipeline, prompt_embeds: torch.Tensor, null_embeds: torch.Tensor,
+def images_from_captions(pipe: StableDiffusionPipeline, prompt_embeds: torch.Tensor, null_embeds: torch.Tensor,
              guidance_scale: float, steps: int, seed: int, batch_size: int = 100) -> torch.Tensor:
     """Images (N, 3, H, W) in [0, 1] from `prompt_embeds` (N, T, D); guidance against `null_embeds` (1, T, D)."""
     generator = torch.Generator("cpu").manual_seed(seed)

@@ -7,6 +7,7 @@ from diffusers import AutoencoderKL
 
 from ..progress import progress
 from .config import VAEConfig
+from .images import descend, one_cycle
 
 
 def build_vae(cfg: VAEConfig, image_size: int) -> AutoencoderKL:
@@ -26,18 +27,13 @@ def train_vae(images: torch.Tensor, cfg: VAEConfig, device: str = "cpu") -> Auto
     with torch.no_grad():  # start with a small posterior std: noisy latents slow early training a lot
         vae.quant_conv.bias[cfg.latent_channels :] = cfg.init_logvar
     vae = vae.to(device).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    optimizer, schedule = one_cycle(vae.parameters(), cfg.lr, cfg.steps, weight_decay=0.0, pct_start=0.1)
     for _ in progress(range(cfg.steps), desc="vae", mininterval=2):
         batch = images[torch.randint(0, len(images), (cfg.batch_size,))].to(device)
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample()).sample
         error = F.l1_loss(recon, batch) if cfg.loss == "l1" else F.mse_loss(recon, batch)
-        loss = error + cfg.kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        descend(error + cfg.kl_weight * posterior.kl().mean(), optimizer, schedule)
     vae.eval()
     mean, _ = encode_moments(vae, images)
     vae.register_to_config(scaling_factor=float(1.0 / mean.std()))

@@ -57,7 +57,7 @@ def train_one_epoch(model, loader, optimizer, accelerator, schedule: Callable[[i
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, seed: int) -> float:
+def masked_mse(model, loader, accelerator, seed: int) -> float:
     """Masked MSE over `loader`, each window's mask keyed by (seed, window index): the same every epoch."""
     model.eval()
     mae = accelerator.unwrap_model(model)

@@ -23,7 +23,7 @@ from ..config import param
 from ..data.processed import Corpus
 from ..io import DataError
 from ..training import Checkpoints, History, run_epochs
-from .engine import evaluate, lr_at, train_one_epoch
+from .engine import lr_at, masked_mse, train_one_epoch
 from .model import MAEConfig, MaskedAutoencoder, param_groups
 
 CODE = [Path(__file__).parent / name for name in ("model.py", "engine.py", "train.py")]
@@ -209,7 +209,7 @@ def epoch_runner(model, optimizer, train_loader, val_loader, accelerator, config
         train_loader.set_epoch(epoch)
         stats = train_one_epoch(model, train_loader, optimizer, accelerator, schedule, epoch * steps_per_epoch,
                                 config.clip_grad, seed, epoch, log_step, desc=f"pretrain epoch {epoch + 1}/{config.epochs}")
-        val_loss = evaluate(model, val_loader, accelerator, seed) if val_loader is not None else None
+        val_loss = masked_mse(model, val_loader, accelerator, seed) if val_loader is not None else None
         if log is not None and accelerator.is_main_process:
             log({"epoch_train_loss": stats["loss"], "val_loss": val_loss}, epoch + 1)
         return {"epoch": epoch + 1, "train_loss": stats["loss"], "val_loss": val_loss,
