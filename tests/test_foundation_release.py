@@ -94,6 +94,8 @@ def test_pretrained_mode_installs_the_release_and_it_loads(release, tmp_path):
     out.mkdir()
     metrics, figures = build_foundation(load_images(images_path), pretrained_release(root / "release"), 0, out)
     assert {"caption_to_image_acc", "judge_val_acc", "clip_zeroshot_acc", "seconds_release"} <= set(metrics)
+    for name in ("caption_to_image_acc", "judge_recon_acc", "judge_val_acc", "clip_zeroshot_acc"):
+        assert metrics[name] == manifest["metrics"]["float16"][name]  # the stage measures what the release recorded
     found = load_foundation(out)
     assert found.captions == manifest["world"]["captions"] and found.image_size == 16
     assert next(found.unet.parameters()).dtype == torch.float32
