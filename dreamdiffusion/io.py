@@ -120,20 +120,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def folder_digests(folder: Path) -> dict[str, str]:
-    """sha256 of every file under `folder` by relative posix path (sorted), the manifest excepted."""
+def folder_digests(folder: Path, name: str = MANIFEST) -> dict[str, str]:
+    """sha256 of every file under `folder` by relative posix path (sorted), the manifest `name` excepted."""
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST}
+            if p.is_file() and p.relative_to(folder).as_posix() != name}
 
 
-def write_manifest(folder: str | Path, extra: dict | None = None) -> dict:
-    """Write `<folder>/manifest.json`: `extra` plus `files`, the sha256 of every other file in the folder.
+def write_manifest(folder: str | Path, extra: dict | None = None, name: str = MANIFEST) -> dict:
+    """Write `<folder>/<name>` (manifest.json): `extra` plus `files`, the sha256 of every other file in the folder.
 
     Call it LAST, once every file is in place: it is written atomically, so a folder with a
     manifest is complete. Returns the manifest."""
     folder = Path(folder)
-    manifest = {**(extra or {}), "files": folder_digests(folder)}
-    write_json(folder / MANIFEST, manifest)
+    manifest = {**(extra or {}), "files": folder_digests(folder, name)}
+    write_json(folder / name, manifest)
     return manifest
 
 
@@ -145,16 +145,16 @@ def _listed_file(folder: Path, name: str, manifest_path: Path) -> Path:
     return folder / relative
 
 
-def verify_manifest(folder: str | Path, stage: str) -> dict:
-    """Check every file `<folder>/manifest.json` lists against its sha256; return the manifest.
+def verify_manifest(folder: str | Path, stage: str, name: str = MANIFEST, rerun: str | None = None) -> dict:
+    """Check every file `<folder>/<name>` (manifest.json) lists against its sha256; return the manifest.
 
     A missing folder, manifest or listed file, or a changed byte, is a DataError naming the file
-    and the stage (`stage`) that rewrites the folder. Cost: every listed byte is read and hashed
+    and the stage (`stage`) that rewrites the folder (or saying `rerun`, what to do instead). Cost: every listed byte is read and hashed
     once per load: sha256 ran at 1.2-1.6 GB/s from the page cache on a shared 2-core dev machine,
     so ~0.7 s per GB, ~6 s for the 8.6 GB SD-scale foundation (a cold read is bound by the disk)."""
     folder = Path(folder)
-    path = folder / MANIFEST
-    rerun = f"rerun the `{stage}` stage (dvc repro {stage})"
+    path = folder / name
+    rerun = rerun or f"rerun the `{stage}` stage (dvc repro {stage})"
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder; {rerun}")
     try:

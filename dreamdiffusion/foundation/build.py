@@ -92,7 +92,8 @@ def build_demo(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir: Path
 
 
 def build_pretrained(images: ImageSet, cfg: FoundationConfig, out_dir: Path, timer: Timer, device: str = "cpu") -> None:
-    """Resolve and snapshot SD, CLIP, the ImageNet judge and Inception weights under `out_dir`."""
+    """Resolve and snapshot SD, CLIP, the ImageNet judge and Inception weights under `out_dir`
+    (or install a released miniature foundation, checked against its release.json and the world)."""
     from .pretrained import (
         INCEPTION_FILE,
         check_image_size,
@@ -103,6 +104,14 @@ def build_pretrained(images: ImageSet, cfg: FoundationConfig, out_dir: Path, tim
         snapshot_stable_diffusion,
     )
 
+    if cfg.pretrained.release:
+        from .release import install_release
+
+        with timer("release"):
+            components = install_release(cfg.pretrained.release, images, out_dir)
+        write_foundation_manifest(out_dir, "pretrained", components, {"feature_extractor": JUDGE_EXTRACTOR,
+                                                                      "weights": "judge"})
+        return
     components = {}
     with timer("stable_diffusion"):
         folder, components["stable_diffusion"] = resolve_stable_diffusion(cfg.pretrained)
@@ -133,7 +142,8 @@ def build_foundation(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir
         build_pretrained(images, cfg, out_dir, timer, device)
     with timer("evaluate"):
         foundation = load_foundation(out_dir, device)
-        metrics, figures = measure_foundation(foundation, images, cfg.sample, seed, judge_metrics=cfg.source == "demo")
+        own_judge = cfg.source == "demo" or bool(cfg.pretrained.release)  # a judge of this world's classes
+        metrics, figures = measure_foundation(foundation, images, cfg.sample, seed, judge_metrics=own_judge)
     timer.seconds["total"] = round(time.perf_counter() - start, 2)
     print(f"[foundation] total: {timer.seconds['total']:.1f} s", flush=True)
     metrics.update({f"seconds_{part}": value for part, value in timer.seconds.items()})

@@ -108,6 +108,8 @@ class PretrainedConfig:
     judge_weights: str = param("torchvision", help="'torchvision' (download) or a local state dict file")
     judge_image_size: int = param(518, min=16, help="input size (ViT_H_14 DEFAULT weights: 518)")
     inception_weights: str = param("download", help="'download' or a local torch-fidelity Inception file")
+    release: str | None = param(None, help="a released miniature foundation folder (release.json; "
+                                "python -m dreamdiffusion.foundation.release): replaces every other field")
 
 
 @dataclass(frozen=True)
