@@ -1,4 +1,5 @@
 """The whole pipeline end to end with a tiny world, in a temporary git copy of the repo."""
+import csv
 import json
 import math
 
@@ -157,3 +158,19 @@ def test_two_processes_from_dvc_repro_equal_one_with_the_same_global_batch(repo,
     for key in one:
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
 
+
+def test_paper_recipe_runs_at_tiny_size(repo):
+    """The paper preset as a DVC experiment (`presets run`'s command), with only what the tiny world needs
+    changed: subject 2 (it has two subjects) and 4 PLMS steps instead of 250."""
+    from dreamdiffusion.presets import load_preset
+    from dreamdiffusion.presets.__main__ import exp_run_command
+
+    paper = merge(load_preset("paper"), {"preprocess": {"subjects": [2]}, "generate": {"steps": 4}})
+    run(repo, *exp_run_command(paper, ["--name", "paper-tiny"]))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["generate"]["scheduler"] == "pndm" and params["finetune"]["caption_weight"] == 0.0
+    report = json.loads((repo / "metrics/eval_details.json").read_text())
+    assert report["samples_per_eeg"] == 5 and math.isfinite(report["nway_top1"])
+    with open(repo / "data/generated/index.csv") as handle:
+        samples = {row["sample"] for row in csv.DictReader(handle) if row["kind"] == "eeg"}
+    assert samples == {str(k) for k in range(5)}
