@@ -14,6 +14,7 @@ import argparse
 import html
 import json
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,8 +25,8 @@ Y_FIELD = "dvc_inferred_y_value"  # where DVC puts the y value of each row in it
 
 def dvc_plots_json(revisions: list[str], cwd: Path = Path(".")) -> dict:
     """DVC's template data for every plot of dvc.yaml: of the workspace, or of `revisions` compared."""
-    command = ["dvc", "plots", "diff", "--json", *revisions] if revisions else ["dvc", "plots", "show", "--json"]
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True)
+    action = ["diff", "--json", *revisions] if revisions else ["show", "--json"]
+    done = subprocess.run([sys.executable, "-m", "dvc", "plots", *action], cwd=cwd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
 
 
