@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export MPLBACKEND := Agg
 
-.PHONY: setup repro test test-realscale ui clean-venv
+.PHONY: setup repro test test-realscale ui plots clean-venv
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -38,6 +38,11 @@ ui: setup
 		--backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns \
 		--host 127.0.0.1 --port $${MLFLOW_PORT:-5000} --workers 1
+
+# The DVC plots as PNGs + plots/index.html, drawn here (no vega from a CDN: works offline).
+# Compare revisions or experiments: make plots REVS="main exp-1a2b3".
+plots: setup
+	python -m dreamdiffusion.plots_offline $(REVS) --out plots
 
 clean-venv:
 	rm -rf $(VENV) $(TOOLS)

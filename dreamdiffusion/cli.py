@@ -5,13 +5,15 @@ import dataclasses
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from .compute import is_main_process, relaunch
 from .config import ConfigError, load_params, to_dict
+from .headline import HEADLINE, details_path, flatten_headline, metrics_path, write_headline
 from .io import DataError
 from .results import StageResult
-from .tracking import project_root, stage_run
+from .tracking import current_execution, project_root, stage_run
 
 PARAMS_FILE = "params.yaml"
 
@@ -27,11 +29,21 @@ def _plain(value):
     return to_dict(value) if hasattr(value, "__dataclass_fields__") else value
 
 
+def headline_metrics(name: str, run) -> None:
+    """Write the stage's headline metrics file from its full report; log the headline on the parent run."""
+    if name not in HEADLINE or not details_path(name).is_file():
+        return
+    found = flatten_headline(write_headline(name, details_path(name), metrics_path(name)))
+    run.log_parent_metrics(found if name == "evaluate" else {f"{name}.{k}": v for k, v in found.items()})
+
+
 def run_stage(name: str, spec: dict[str, Any], body: Callable[[dict, Callable], StageResult | None],
-              params_file: str = PARAMS_FILE, distributed: bool = False) -> None:
+              params_file: str = PARAMS_FILE, distributed: bool = False,
+              datasets: Sequence[tuple[Path, str]] = ()) -> None:
     """Load `spec` from the params file, open the stage's MLflow run, call `body(params, log)` (`log(metrics,
     step)` logs step metrics; it returns the library's StageResult, None on a non-main process), log its
-    metrics and artifacts, and exit non-zero with a one-line message on bad input.
+    metrics, artifacts and `datasets` ((data file, context) pairs), write its headline metrics file
+    (dreamdiffusion.headline), and exit non-zero with a one-line message on bad input.
 
     A `distributed` stage with `compute.processes` > 1 runs again under `accelerate launch`; of
     the launched processes only rank 0 logs to MLflow (and, by the stage's own rule, writes)."""
@@ -41,8 +53,13 @@ def run_stage(name: str, spec: dict[str, Any], body: Callable[[dict, Callable], 
         if distributed and (code := relaunch(params["compute"], sys.argv[0])) is not None:
             sys.exit(code)
         tracking = params["tracking"] if is_main_process() else dataclasses.replace(params["tracking"], enabled=False)
-        with stage_run(name, tracking, {k: _plain(v) for k, v in params.items()}, project_root()) as run:
-            result = body(params, lambda metrics, step: run.log_metrics(metrics, step=step)) or StageResult()
+        execution = current_execution(project_root(), params_file) if tracking.enabled else None
+        with stage_run(name, tracking, {k: _plain(v) for k, v in params.items()}, project_root(), execution) as run:
+            result = body(params, lambda metrics, step: run.log_metrics(metrics, step=step))
+            if result is not None:  # the main process: it wrote the outputs
+                headline_metrics(name, run)
+                run.log_datasets([(Path(path), context) for path, context in datasets])
+            result = result or StageResult()
             for path, folder in result.artifacts:
                 run.log_artifact(path, folder)
             run.log_metrics({"stage_seconds": round(time.perf_counter() - start, 2), "peak_rss_mib": peak_rss_mib(),

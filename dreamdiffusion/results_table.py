@@ -1,4 +1,4 @@
-"""The README's results table, generated from the metrics files of the last `dvc repro`.
+"""The README's results table, generated from the full reports (`metrics/<stage>_details.json`) of the last `dvc repro`.
 
     python -m dreamdiffusion.results_table            # print it
     python -m dreamdiffusion.results_table --write    # replace the block between the markers in README.md
@@ -49,8 +49,8 @@ def lookup(metrics: dict, key: str):
 
 
 def table(metrics_dir: Path) -> str:
-    """The markdown table of the metrics in `metrics_dir`."""
-    files = {name: json.loads((metrics_dir / f"{name}.json").read_text())
+    """The markdown table of the full reports in `metrics_dir`."""
+    files = {name: json.loads((metrics_dir / f"{name}_details.json").read_text())
              for name in ("eval", "foundation", "pretrain", "finetune")}
     found = files["eval"]
     context = {"samples": found["samples_per_eeg"], "draws": found["nway_draws"], "chance": found["chance"],

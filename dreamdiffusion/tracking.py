@@ -1,4 +1,17 @@
-"""MLflow tracking: one run per stage execution, safe with several stage processes at once.
+"""MLflow tracking: one parent run per pipeline execution, one nested child run per stage execution.
+
+Grouping. A pipeline execution (`dvc repro`, or one `dvc exp run` / queued experiment) is one
+parent run; every stage it runs is a child run (tag `mlflow.parentRunId`, which the MLflow UI
+nests). DVC runs each stage as its own process and tells it nothing about the execution, so the
+stages of one execution find their parent by a key: the DVC experiment name (`DVC_EXP_NAME`,
+set by `dvc exp run`; "workspace" for a plain `dvc repro`), the sha256 of the whole params file,
+the git commit and the sha256 of the uncommitted code changes (`git diff HEAD` of the code). The
+first stage creates the parent (named after the experiment, tagged with all four, holding every
+param); later stages with the same key find it. Re-running the same experiment name with the same
+params and code (e.g. after a failed stage) adds children to the same parent. Each stage also logs
+its headline metrics (dreamdiffusion.headline) on the parent: evaluation's under their own names,
+the other stages' as `<stage>.<key>`. The experiment is tagged `mlflow.experimentKind:
+custom_model_development` so MLflow 3's UI opens it on its runs, not on GenAI traces.
 
 The store is `sqlite:///<root>/mlflow.db` (unless MLFLOW_TRACKING_URI is set) with artifacts
 under `<root>/mlruns/`. The root is `DVC_ROOT` when set, so runs made by
@@ -12,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -27,6 +42,10 @@ from .io import process_alive, process_start
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
+PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3 UI: a training experiment
+CODE_PATHS = ("stages", "dreamdiffusion", "dvc.yaml")
+WORKSPACE = "workspace"
 PLAIN_NAME = r"[A-Za-z0-9_ -][A-Za-z0-9_. -]{0,199}"
 
 
@@ -76,6 +95,44 @@ def process_tags() -> dict[str, str]:
     return {**tags, "pid_start": start} if (start := process_start(os.getpid())) else tags
 
 
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """What identifies one pipeline execution: its parent run's name and key tags, and the params it logs."""
+
+    name: str
+    params_hash: str
+    git_commit: str
+    code_hash: str
+    params: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    @property
+    def key(self) -> str:
+        """The tag value every stage of this execution looks its parent up by."""
+        text = json.dumps([self.name, self.params_hash, self.git_commit, self.code_hash])
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def tags(self) -> dict[str, str]:
+        """Tags of the parent run."""
+        return {"mlflow.runName": self.name, "execution_key": self.key, "params_hash": self.params_hash,
+                "git_commit": self.git_commit, "code_hash": self.code_hash, "kind": "pipeline"}
+
+
+def params_hash(document: dict) -> str:
+    """sha256 (first 16 hex digits) of a params document, independent of key order and layout."""
+    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def current_execution(root: Path, params_file: str | Path) -> Execution:
+    """The execution a stage belongs to: DVC experiment name (or workspace), params, commit, code changes."""
+    import yaml
+
+    document = yaml.safe_load(Path(params_file).read_text()) or {}
+    diff = _git(root, "diff", "HEAD", "--", *CODE_PATHS)
+    code = hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else "clean"
+    return Execution(os.environ.get("DVC_EXP_NAME") or WORKSPACE, params_hash(document),
+                     _git(root, "rev-parse", "HEAD"), code, document)
+
+
 def close_dead_runs(client, stage: str) -> list[str]:
     """Mark KILLED the RUNNING runs of `stage` whose process on this host is gone; return their ids."""
     host, closed = socket.gethostname(), []
@@ -89,7 +146,36 @@ def close_dead_runs(client, stage: str) -> list[str]:
                                                          f"(found by the next `{stage}` run, pid {os.getpid()})")
         client.set_terminated(run.info.run_id, "KILLED")
         closed.append(run.info.run_id)
+        if parent := run.data.tags.get(PARENT_TAG):
+            settle_parent(client, parent, "KILLED")
     return closed
+
+
+def settle_parent(client, parent_id: str, child_status: str) -> None:
+    """A parent's status after a child ended: its failure, else RUNNING while a child runs, else FINISHED."""
+    if child_status in ("FAILED", "KILLED"):
+        client.set_terminated(parent_id, child_status)
+        return
+    parent = client.get_run(parent_id)
+    running = client.search_runs([parent.info.experiment_id],
+                                 f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'")
+    if running:
+        client.update_run(parent_id, "RUNNING")
+    else:
+        client.set_terminated(parent_id, "FINISHED")
+
+
+def parent_run(client, experiment_id: str, execution: Execution) -> str:
+    """Id of the parent run of `execution` (created, with every param, by the first stage that asks); RUNNING."""
+    found = client.search_runs([experiment_id], f"tags.execution_key = '{execution.key}'", max_results=1,
+                               order_by=["attributes.start_time DESC"])
+    if found:
+        client.update_run(found[0].info.run_id, "RUNNING")
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, tags=execution.tags(), run_name=execution.name)
+    handle = StageRun(client, run.info.run_id, contextlib.nullcontext())
+    handle.log_params(execution.params)
+    return run.info.run_id
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
@@ -107,8 +193,9 @@ def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
 class StageRun:
     """A handle on one MLflow run; every write holds the store's lock."""
 
-    def __init__(self, client=None, run_id: str | None = None, lock: FileLock | None = None):
-        self.client, self.run_id, self.lock = client, run_id, lock
+    def __init__(self, client=None, run_id: str | None = None, lock: FileLock | None = None,
+                 parent_id: str | None = None):
+        self.client, self.run_id, self.lock, self.parent_id = client, run_id, lock, parent_id
 
     @property
     def active(self) -> bool:
@@ -161,6 +248,33 @@ class StageRun:
         if self.active:
             self._write(self.client.set_tag, self.run_id, key, value)
 
+    def log_parent_metrics(self, metrics: dict[str, float]) -> None:
+        """Log metrics on the execution's parent run too (nothing without a parent)."""
+        if self.active and self.parent_id:
+            StageRun(self.client, self.parent_id, self.lock).log_metrics(metrics)
+
+    def log_datasets(self, files: list[tuple[Path, str]]) -> None:
+        """Log data files as the run's dataset inputs: digest from the file's sha256, `context` tag as given."""
+        if not self.active or not files:
+            return
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = [DatasetInput(file_dataset(Path(path)), [InputTag("mlflow.data.context", context)])
+                  for path, context in files]
+        self._write(self.client.log_inputs, self.run_id, datasets=inputs)
+
+
+def file_dataset(path: Path):
+    """An MLflow dataset entity for a data file: name, digest (sha256, first 32 hex digits; MLflow keeps 36), source."""
+    from mlflow.entities import Dataset
+
+    from .io import sha256_file
+
+    digest = sha256_file(path)
+    profile = json.dumps({"sha256": digest, "bytes": path.stat().st_size})
+    return Dataset(name=path.name, digest=digest[:32], source_type="local",
+                   source=json.dumps({"uri": path.resolve().as_uri()}), profile=profile)
+
 
 def artifact_location(root: Path, name: str) -> str:
     """The file URI of `<root>/mlruns/<name>`, refused (ConfigError) if it resolves anywhere else."""
@@ -175,10 +289,12 @@ def _experiment_id(client, name: str, root: Path) -> str:
     """Id of experiment `name`, created with its artifacts under `<root>/mlruns/`."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:  # its location was checked when it was made (a moved project keeps its old one)
+        if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
         return experiment.experiment_id
     location = artifact_location(root, name)
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
     except Exception:  # created meanwhile by another process
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -187,9 +303,11 @@ def _experiment_id(client, name: str, root: Path) -> str:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, config: TrackingConfig, params: dict, root: Path) -> Iterator[StageRun]:
-    """Open an MLflow run for one execution of `stage`; FINISHED on success, FAILED on error. Runs of
-    `stage` left RUNNING by dead processes on this host are marked KILLED first."""
+def stage_run(stage: str, config: TrackingConfig, params: dict, root: Path,
+              execution: Execution | None = None) -> Iterator[StageRun]:
+    """Open an MLflow run for one execution of `stage` (a child of `execution`'s parent run, when given);
+    FINISHED on success, FAILED on error. Runs of `stage` left RUNNING by dead processes on this host
+    are marked KILLED first."""
     if not config.enabled:
         yield StageRun()
         return
@@ -202,12 +320,23 @@ def stage_run(stage: str, config: TrackingConfig, params: dict, root: Path) -> I
         experiment_id = _experiment_id(client, config.experiment, root)
         if closed := close_dead_runs(client, stage):
             print(f"{stage}: marked {len(closed)} run(s) left RUNNING by a dead process as KILLED", file=sys.stderr)
-        run = client.create_run(experiment_id, tags=run_tags(stage, root), run_name=stage)
-    handle = StageRun(client, run.info.run_id, lock)
+        tags = run_tags(stage, root)
+        parent_id = parent_run(client, experiment_id, execution) if execution else None
+        if execution:
+            tags.update({PARENT_TAG: parent_id, "params_hash": execution.params_hash})
+        run = client.create_run(experiment_id, tags=tags, run_name=stage)
+    handle = StageRun(client, run.info.run_id, lock, parent_id)
     handle.log_params(params)
     try:
         yield handle
     except BaseException:
-        handle._write(client.set_terminated, handle.run_id, "FAILED")
+        handle._write(end_run, client, handle.run_id, parent_id, "FAILED")
         raise
-    handle._write(client.set_terminated, handle.run_id, "FINISHED")
+    handle._write(end_run, client, handle.run_id, parent_id, "FINISHED")
+
+
+def end_run(client, run_id: str, parent_id: str | None, status: str) -> None:
+    """End a stage's run with `status`, then settle its parent's status."""
+    client.set_terminated(run_id, status)
+    if parent_id:
+        settle_parent(client, parent_id, status)

@@ -12,6 +12,7 @@ from dreamdiffusion.cli import run_stage
 from dreamdiffusion.compute import ComputeConfig
 from dreamdiffusion.finetune import run as finetune
 from dreamdiffusion.finetune.train import FinetuneConfig
+from dreamdiffusion.headline import details_path
 from dreamdiffusion.tracking import TrackingConfig, project_root
 
 PARAMS = {"seed": int, "tracking": TrackingConfig, "compute": ComputeConfig, "finetune": FinetuneConfig}
@@ -19,7 +20,7 @@ PATHS = finetune.FinetunePaths(
     foundation=Path("models/foundation"), encoder=Path("models/pretrain"), eeg=Path("data/processed/eeg.h5"),
     images=Path("data/processed/images.h5"), model=Path("models/finetune"),
     checkpoints=project_root() / "checkpoints/finetune", features=project_root() / "cache/image_features",
-    metrics=Path("metrics/finetune.json"), history=Path("metrics/finetune_loss.csv"),
+    metrics=details_path("finetune"), history=Path("metrics/finetune_loss.csv"),
     grid=Path("metrics/finetune_val_grid.png"))
 
 
@@ -28,4 +29,4 @@ def main(params: dict, log):
 
 
 if __name__ == "__main__":
-    run_stage("finetune", PARAMS, main, distributed=True)
+    run_stage("finetune", PARAMS, main, distributed=True, datasets=[(PATHS.eeg, "train"), (PATHS.images, "train")])

@@ -8,11 +8,12 @@ from dreamdiffusion.cli import run_stage
 from dreamdiffusion.compute import ComputeConfig
 from dreamdiffusion.foundation import build
 from dreamdiffusion.foundation.config import FoundationConfig
+from dreamdiffusion.headline import details_path
 from dreamdiffusion.tracking import TrackingConfig
 
 PARAMS = {"seed": int, "tracking": TrackingConfig, "compute": ComputeConfig, "foundation": FoundationConfig}
 PATHS = build.FoundationPaths(images=Path("data/processed/images.h5"), models=Path("models/foundation"),
-                              metrics=Path("metrics/foundation.json"),
+                              metrics=details_path("foundation"),
                               recon_figure=Path("metrics/foundation_recon.png"),
                               captions_figure=Path("metrics/foundation_captions.png"))
 
@@ -22,4 +23,4 @@ def main(params: dict, log):
 
 
 if __name__ == "__main__":
-    run_stage("foundation", PARAMS, main)
+    run_stage("foundation", PARAMS, main, datasets=[(PATHS.images, "train")])

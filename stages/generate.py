@@ -18,4 +18,4 @@ def main(params: dict, log):
 
 
 if __name__ == "__main__":
-    run_stage("generate", PARAMS, main)
+    run_stage("generate", PARAMS, main, datasets=[(PATHS.eeg, "test"), (PATHS.images, "test")])

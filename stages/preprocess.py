@@ -1,8 +1,10 @@
 """Stage `preprocess`: data/raw/ -> data/processed/{images,eeg,corpus}.h5 + report and figure."""
+import dataclasses
 from pathlib import Path
 
 from dreamdiffusion.cli import run_stage
 from dreamdiffusion.data import preprocess
+from dreamdiffusion.headline import details_path
 from dreamdiffusion.tracking import TrackingConfig
 
 PARAMS = {"tracking": TrackingConfig, "preprocess": preprocess.PreprocessConfig}
@@ -11,7 +13,7 @@ PATHS = preprocess.PreprocessPaths(
     raw=Path("data/raw"),
     processed=preprocess.ProcessedPaths(images=PROCESSED / "images.h5", eeg=PROCESSED / "eeg.h5",
                                         corpus=PROCESSED / "corpus.h5"),
-    report=Path("metrics/preprocess.json"), figure=Path("metrics/preprocess_trials.png"))
+    report=details_path("preprocess"), figure=Path("metrics/preprocess_trials.png"))
 
 
 def main(params: dict, log):
@@ -19,4 +21,4 @@ def main(params: dict, log):
 
 
 if __name__ == "__main__":
-    run_stage("preprocess", PARAMS, main)
+    run_stage("preprocess", PARAMS, main, datasets=[(path, "output") for path in dataclasses.astuple(PATHS.processed)])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dreamdiffusion.cli import run_stage
 from dreamdiffusion.compute import ComputeConfig
+from dreamdiffusion.headline import details_path
 from dreamdiffusion.mae import run as pretrain
 from dreamdiffusion.mae.train import PretrainConfig
 from dreamdiffusion.tracking import TrackingConfig, project_root
@@ -17,7 +18,7 @@ from dreamdiffusion.tracking import TrackingConfig, project_root
 PARAMS = {"seed": int, "tracking": TrackingConfig, "compute": ComputeConfig, "pretrain": PretrainConfig}
 PATHS = pretrain.PretrainPaths(
     corpus=Path("data/processed/corpus.h5"), paired=Path("data/processed/eeg.h5"), encoder=Path("models/pretrain"),
-    checkpoints=project_root() / "checkpoints/pretrain", metrics=Path("metrics/pretrain.json"),
+    checkpoints=project_root() / "checkpoints/pretrain", metrics=details_path("pretrain"),
     losses=Path("metrics/pretrain_loss.csv"), figure=Path("metrics/pretrain_recon.png"))
 
 
@@ -26,4 +27,4 @@ def main(params: dict, log):
 
 
 if __name__ == "__main__":
-    run_stage("pretrain", PARAMS, main, distributed=True)
+    run_stage("pretrain", PARAMS, main, distributed=True, datasets=[(PATHS.corpus, "train"), (PATHS.paired, "eval")])

@@ -227,7 +227,7 @@ def test_stage_script_writes_its_outputs(images, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[foundation] unet:" in proc.stdout
-    metrics = json.loads((tmp_path / "metrics/foundation.json").read_text())
+    metrics = json.loads((tmp_path / "metrics/foundation_details.json").read_text())
     assert {"vae_psnr", "judge_val_acc", "clip_zeroshot_acc", "caption_to_image_acc", "chance"} <= set(metrics)
     assert (tmp_path / "metrics/foundation_recon.png").is_file()
     assert (tmp_path / "metrics/foundation_captions.png").is_file()

@@ -1,4 +1,5 @@
 """The whole pipeline end to end with a tiny world, in a temporary git copy of the repo."""
+import csv
 import json
 import math
 
@@ -35,22 +36,33 @@ def repo(tmp_path_factory):
 
 
 def test_every_metric_exists_and_is_finite(repo):
-    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    metrics = json.loads((repo / "metrics/eval_details.json").read_text())
     for key in EVAL_KEYS:
         assert math.isfinite(metrics[key]), key
     assert set(metrics["controls"]) == {"nway_top1", "clip_2way"}
     assert metrics["fidelity"]["n_generated"] == metrics["test_trials"] * 2
     assert 0 <= metrics["nway_top1"] <= 1 and metrics["chance"] == pytest.approx(1 / 3)
-    finetune = json.loads((repo / "metrics/finetune.json").read_text())
+    finetune = json.loads((repo / "metrics/finetune_details.json").read_text())
     assert 1 <= finetune["best_epoch"] <= 2 and finetune["trainable_params"] < finetune["total_params"]
     for name in ("eval_confusion.png", "eval_per_class.csv", "finetune_val_grid.png", "generate_overview.png"):
         assert (repo / "metrics" / name).stat().st_size > 0
 
 
-def test_dvc_metrics_show_lists_eval(repo):
-    out = run(repo, "dvc", "metrics", "show", "--json").stdout
-    shown = json.loads(out)
-    assert "nway_top1" in json.dumps(shown)
+def leaf_count(tree) -> int:
+    """Number of leaves of a nested dict."""
+    return sum(leaf_count(v) for v in tree.values()) if isinstance(tree, dict) else 1
+
+
+def test_dvc_metrics_show_lists_only_the_headline(repo):
+    from dreamdiffusion.headline import HEADLINE
+
+    (shown,) = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout).values()  # the workspace
+    files = shown["data"]
+    assert "nway_top1" in files["metrics/eval.json"]["data"]
+    count = sum(leaf_count(entry["data"]) for entry in files.values())
+    assert 18 <= count <= sum(map(len, HEADLINE.values())) <= 25  # nway_top5 needs 5 classes; the tiny world has 3
+    details = json.loads((repo / "metrics/preprocess_details.json").read_text())
+    assert "trials_per_class_per_split" in details and "trials_per_class_per_split" not in json.dumps(files)
 
 
 def test_one_image_regenerates_alone_from_its_seed(repo):
@@ -70,6 +82,29 @@ def test_one_image_regenerates_alone_from_its_seed(repo):
     image = to_uint8(generator.images(eeg, [int(row["seed"])], "ddim", 2, 3.0))[0]
     saved = np.asarray(Image.open(repo / "data/generated" / row["file"]))
     assert np.abs(image.astype(int) - saved.astype(int)).max() <= 1
+
+
+def test_two_executions_give_two_mlflow_parents_with_their_own_children(repo):
+    """`dvc repro`, then `dvc exp run -S` of a param only `evaluate` reads: two parent runs, the first with
+    every stage as children and the headline metrics, the second named after the experiment with one child."""
+    from mlflow.tracking import MlflowClient
+
+    run(repo, "dvc", "exp", "run", "--name", "fewer-draws", "-S", "evaluate.nway_draws=3")
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dreamdiffusion")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    found = client.search_runs([experiment.experiment_id])
+    parents = {r.info.run_name: r for r in found if r.data.tags.get("kind") == "pipeline"}
+    assert sorted(parents) == ["fewer-draws", "workspace"]
+    children = {name: sorted(r.data.tags["stage"] for r in found
+                             if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+                for name, parent in parents.items()}
+    assert children == {"workspace": sorted(["download", "preprocess", "foundation", "pretrain", "finetune",
+                                             "generate", "evaluate"]), "fewer-draws": ["evaluate"]}
+    for parent in parents.values():
+        assert parent.info.status == "FINISHED" and "nway_top1" in parent.data.metrics
+    assert "finetune.val_nway_top1" in parents["workspace"].data.metrics
+    assert parents["fewer-draws"].data.params["evaluate.nway_draws"] == "3"
 
 
 def test_second_repro_is_a_noop(repo):
@@ -113,7 +148,7 @@ def test_two_processes_from_dvc_repro_equal_one_with_the_same_global_batch(repo,
     one, two = (load_file(str(r / "models/pretrain/encoder.safetensors")) for r in (repo, twin))
     for key in one:
         assert torch.allclose(one[key], two[key], atol=1e-5), key
-    a, b = (json.loads((r / "metrics/pretrain.json").read_text()) for r in (repo, twin))
+    a, b = (json.loads((r / "metrics/pretrain_details.json").read_text()) for r in (repo, twin))
     for key in ("train_mse", "val_mse"):
         assert b[key] == pytest.approx(a[key], rel=1e-5), key
     runs = finetune_first_steps(twin)
@@ -122,3 +157,20 @@ def test_two_processes_from_dvc_repro_equal_one_with_the_same_global_batch(repo,
     assert set(one) == set(two) == {"step_loss", "step_diffusion_loss", "step_clip_loss", "step_caption_loss"}
     for key in one:
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
+
+
+def test_paper_recipe_runs_at_tiny_size(repo):
+    """The paper preset as a DVC experiment (`presets run`'s command), with only what the tiny world needs
+    changed: subject 2 (it has two subjects) and 4 PLMS steps instead of 250."""
+    from dreamdiffusion.presets import load_preset
+    from dreamdiffusion.presets.__main__ import exp_run_command
+
+    paper = merge(load_preset("paper"), {"preprocess": {"subjects": [2]}, "generate": {"steps": 4}})
+    run(repo, *exp_run_command(paper, ["--name", "paper-tiny"]))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["generate"]["scheduler"] == "pndm" and params["finetune"]["caption_weight"] == 0.0
+    report = json.loads((repo / "metrics/eval_details.json").read_text())
+    assert report["samples_per_eeg"] == 5 and math.isfinite(report["nway_top1"])
+    with open(repo / "data/generated/index.csv") as handle:
+        samples = {row["sample"] for row in csv.DictReader(handle) if row["kind"] == "eeg"}
+    assert samples == {str(k) for k in range(5)}

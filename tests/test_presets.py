@@ -1,4 +1,4 @@
-"""Presets: the real preset parses into every stage's config; apply keeps params.yaml's comments;
+"""Presets: the real and paper presets parse into every stage's config; apply keeps params.yaml's comments;
 `run` turns a preset into `dvc exp run -S` arguments; bad presets fail naming the key."""
 import shutil
 from pathlib import Path
@@ -28,6 +28,32 @@ def test_real_preset_ties_what_must_change_together():
     assert real["pretrain"]["preset"] == "paper" and real["pretrain"]["model"]["mlp_ratio"] == 4.0
     assert real["pretrain"]["model"]["patch"] == PARAMS["pretrain"]["model"]["patch"]  # nested keys merge, not replace
     assert real["generate"]["samples_per_eeg"] == 5 and real["finetune"]["lr"] == pytest.approx(5.3e-5)
+
+
+def test_paper_preset_is_the_papers_recipe():
+    paper = merge(PARAMS, load_preset("paper"))
+    finetune, generate = paper["finetune"], paper["generate"]
+    assert finetune["caption_weight"] == 0.0 and finetune["cond_noise"] == 0.0 and finetune["cond_dropout"] == 0.0
+    assert finetune["lr"] == finetune["unet_lr"] == pytest.approx(5.3e-5) and finetune["clip_weight"] == 1.0
+    assert (generate["scheduler"], generate["steps"], generate["guidance"], generate["samples_per_eeg"]) == (
+        "pndm", 250, 1.0, 5)
+    assert paper["pretrain"]["model"]["mask_ratio"] == 0.75 and paper["preprocess"]["subjects"] == [4]
+    assert paper["pretrain"]["model"]["width"] == PARAMS["pretrain"]["model"]["width"]  # the recipe, not the scale
+
+
+def test_paper_after_real_is_the_papers_experiment():
+    both = merge(merge(PARAMS, load_preset("real")), load_preset("paper"))
+    validate(both)
+    assert both["pretrain"]["preset"] == "paper" and both["preprocess"]["splits_index"] == "single"
+    assert both["generate"]["scheduler"] == "pndm" and both["finetune"]["caption_weight"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["real", "paper"])
+def test_apply_writes_what_merge_gives(tmp_path, name):
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    assert main(["apply", name, "--params", str(params)]) == 0
+    assert yaml.safe_load(params.read_text()) == merge(PARAMS, load_preset(name))
 
 
 def test_apply_rewrites_params_keeping_comments(tmp_path):

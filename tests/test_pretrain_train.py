@@ -303,7 +303,8 @@ def test_pretrain_stage_end_to_end(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "stages" / "pretrain.py")], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics/pretrain.json").read_text())
+    metrics = json.loads((tmp_path / "metrics/pretrain_details.json").read_text())
+    assert set(json.loads((tmp_path / "metrics/pretrain.json").read_text())) == {"val_mse", "probe_top1", "probe_top1_random_init"}
     for key in ("train_mse", "val_mse", "params", "samples_per_s", "probe_top1", "probe_top5",
                 "probe_top1_random_init", "probe_top1_random_init_std", "probe_mean_top1",
                 "probe_mean_top1_random_init", "probe_mean_top1_random_init_std", "chance"):

@@ -1,9 +1,12 @@
-"""MLflow tracking: one run per stage with tags, params, metrics; concurrent writers both succeed."""
+"""MLflow tracking: one run per stage with tags, params, metrics; concurrent writers both succeed; stages of one
+pipeline execution are children of one parent run."""
+import hashlib
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import yaml
 
 from dreamdiffusion.tracking import TrackingConfig, flatten, stage_run, tracking_uri
 
@@ -79,3 +82,55 @@ def test_two_processes_logging_at_once_both_succeed(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def execution(tmp_path, name: str, params: dict):
+    """The execution a stage would find for `params` under DVC experiment `name`."""
+    from dreamdiffusion.tracking import current_execution
+
+    params_file = tmp_path / f"{name}.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DVC_EXP_NAME", name)
+        return current_execution(tmp_path, params_file)
+
+
+def test_two_executions_give_two_parents_each_with_its_own_children(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tmp_path / "eeg.h5"
+    data.write_bytes(b"eeg bytes")
+    config = TrackingConfig(experiment="grouped")
+    for name, lr in (("exp-a", 0.1), ("exp-b", 0.2)):
+        found = execution(tmp_path, name, {"finetune": {"lr": lr}})
+        for stage in ("finetune", "evaluate"):
+            with stage_run(stage, config, {}, tmp_path, found) as run:
+                run.log_datasets([(data, "train")])
+                run.log_parent_metrics({"nway_top1": lr})
+    client, found = runs(tmp_path, "grouped")
+    parents = {r.info.run_name: r for r in found if r.data.tags.get("kind") == "pipeline"}
+    assert sorted(parents) == ["exp-a", "exp-b"]
+    assert client.get_experiment_by_name("grouped").tags["mlflow.experimentKind"] == "custom_model_development"
+    for name, parent in parents.items():
+        children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.data.tags["stage"] for r in children) == ["evaluate", "finetune"]
+        assert parent.info.status == "FINISHED" and parent.data.params["finetune.lr"] in ("0.1", "0.2")
+        assert parent.data.metrics["nway_top1"] == float(parent.data.params["finetune.lr"])
+        assert {"git_commit", "params_hash", "code_hash"} <= set(parent.data.tags)
+        (dataset,) = [d.dataset for d in children[0].inputs.dataset_inputs]
+        assert dataset.name == "eeg.h5" and dataset.digest == hashlib.sha256(b"eeg bytes").hexdigest()[:32]
+    assert parents["exp-a"].data.tags["params_hash"] != parents["exp-b"].data.tags["params_hash"]
+
+
+def test_same_execution_finds_its_parent_and_a_failed_stage_fails_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    found = execution(tmp_path, "workspace", {"seed": 0})
+    assert found == execution(tmp_path, "workspace", {"seed": 0})
+    assert found.key != execution(tmp_path, "workspace", {"seed": 1}).key
+    with stage_run("pretrain", TrackingConfig(experiment="g"), {}, tmp_path, found):
+        pass
+    with pytest.raises(RuntimeError):
+        with stage_run("finetune", TrackingConfig(experiment="g"), {}, tmp_path, found):
+            raise RuntimeError("boom")
+    _, all_runs = runs(tmp_path, "g")
+    (parent,) = [r for r in all_runs if r.data.tags.get("kind") == "pipeline"]
+    assert parent.info.status == "FAILED" and len(all_runs) == 3

@@ -1,0 +1,35 @@
+"""Offline plots: every DVC plot of dvc.yaml becomes a PNG and the index page fetches nothing."""
+import re
+from pathlib import Path
+
+from dreamdiffusion.plots_offline import dvc_plots_json, write_plots
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", re.IGNORECASE)
+
+
+def payload() -> dict:
+    """What `dvc plots diff --json` gives for a line plot and a bar plot over two revisions."""
+    lines = [{"epoch": str(e), "dvc_inferred_y_value": str(1 / e), "rev": rev, "field": field}
+             for rev in ("main", "exp-a") for field in ("train_loss", "val_loss") for e in (1, 2, 3)]
+    bars = [{"class": c, "nway_top1": "0.5", "rev": rev} for rev in ("main", "exp-a") for c in ("a", "b")]
+    return {"data": {
+        "loss": [{"type": "vega", "revisions": ["main", "exp-a"], "content": {
+            "title": {"text": "loss"}, "encoding": {"x": {"field": "epoch"}}, "data": {"values": lines}}}],
+        "per_class": [{"type": "vega", "revisions": ["main", "exp-a"], "content": {
+            "mark": {"type": "bar"}, "encoding": {"x": {"field": "nway_top1"}, "y": {"field": "class"}},
+            "data": {"values": bars}}}]}}
+
+
+def test_plots_render_as_pngs_with_an_index_that_loads_nothing(tmp_path):
+    pngs = write_plots(payload(), tmp_path)
+    assert sorted(p.name for p in pngs) == ["loss.png", "per_class.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    page = (tmp_path / "index.html").read_text()
+    assert "<script" not in page and not EXTERNAL.search(page) and 'src="loss.png"' in page
+
+
+def test_the_repository_plots_render_from_dvc(tmp_path):
+    pngs = write_plots(dvc_plots_json([], cwd=ROOT), tmp_path)
+    assert {p.stem for p in pngs} == {"pretrain_loss", "finetune_loss", "eval_per_class"}
+    assert not EXTERNAL.search((tmp_path / "index.html").read_text())
