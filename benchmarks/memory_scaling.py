@@ -8,7 +8,9 @@ a CPU: a synthetic world of 5 classes x 10 stimulus images at 256 px, seen by 1,
 (50, 200, 800 trials), and miniature foundation models at that resolution (SD-style VAE with 8x
 downsampling, so 4 x 32 x 32 latents). The images stay the same while the trials grow, so what
 the benchmark shows is how memory depends on the number of trials alone: a per-trial copy of an
-image (3 x 256 x 256 float32 = 768 KiB) would add ~600 MiB between 50 and 800 trials.
+image (3 x 256 x 256 float32 = 768 KiB) would add ~600 MiB between 50 and 800 trials. Batch sizes
+are small enough that every batch is full already at 50 trials (10 test trials): a batch that is
+not yet full grows with the data until it is, which would read as growth here.
 
 Each point runs the pipeline in a fresh copy of this working tree (`dvc repro`); every stage prints
 its peak RSS ("<stage>: done in ... s, peak RSS ... MiB"), which this script collects.
@@ -44,9 +46,9 @@ def scale_params(subjects: int) -> dict:
         "pretrain": {"model": {"patch": 64, "width": 16, "depth": 1, "heads": 2, "decoder_width": 8, "decoder_depth": 1,
                                "decoder_heads": 2}, "epochs": 1, "batch_size": 8},
         "finetune": {"epochs": 1, "batch_size": 8, "val_every": 1, "val_trials": 10, "val_steps": 2,
-                     "encode_batch_size": 16, "val_batch_size": 16},
-        "generate": {"samples_per_eeg": 1, "steps": 2, "batch_size": 16, "decode_batch_size": 8},
-        "evaluate": {"nway_draws": 5, "kid_subset_size": 10, "batch_size": 32},
+                     "encode_batch_size": 16, "val_batch_size": 8},
+        "generate": {"samples_per_eeg": 1, "steps": 2, "batch_size": 8, "decode_batch_size": 4},
+        "evaluate": {"nway_draws": 5, "kid_subset_size": 10, "batch_size": 8, "fidelity_batch_size": 8},
     }
 
 

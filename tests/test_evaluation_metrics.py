@@ -174,6 +174,27 @@ def test_ssim_properties():
     assert abs(ssim(images, rng.random(images.shape)).mean()) < 0.1  # independent noise ~0
 
 
+def reference_ssim(gen, gt, size=11, sigma=1.5, c1=0.01**2, c2=0.03**2):
+    """SSIM of grayscale pairs (N, H, W) straight from Wang et al. (2004): 2-D Gaussian window statistics."""
+    x = np.arange(size) - (size - 1) / 2
+    g = np.exp(-(x**2) / (2 * sigma**2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+    view = lambda a: np.lib.stride_tricks.sliding_window_view(a, (size, size), axis=(1, 2))  # noqa: E731
+    mean = lambda a: (view(a) * window).sum((-2, -1))  # noqa: E731
+    mu1, mu2 = mean(gen), mean(gt)
+    var1, var2, cov = mean(gen * gen) - mu1**2, mean(gt * gt) - mu2**2, mean(gen * gt) - mu1 * mu2
+    ssim_map = ((2 * mu1 * mu2 + c1) * (2 * cov + c2)) / ((mu1**2 + mu2**2 + c1) * (var1 + var2 + c2))
+    return ssim_map.mean((1, 2))
+
+
+def test_ssim_equals_the_definition_with_the_2d_window_across_chunks():
+    # the separable blur and the chunking (more pairs than one chunk) change nothing but memory
+    rng = np.random.default_rng(3)
+    gen = rng.random((11, 20, 23))
+    gt = np.clip(gen + 0.3 * rng.normal(size=gen.shape), 0, 1)
+    assert np.allclose(ssim(gen, gt), reference_ssim(gen, gt), rtol=0, atol=1e-12)
+
+
 def test_ssim_of_constant_images_matches_the_closed_form():
     # constant images: no variance, so SSIM = (2ab + C1) / (a^2 + b^2 + C1)
     a, b, c1 = 0.2, 0.7, 0.01**2

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray (ITU-R BT.709), as MindEye uses
+SSIM_CHUNK = 8  # pairs per SSIM convolution: bounds its float64 intermediates whatever the batch
 
 
 def _as_tensor(x, name: str, ndim: tuple[int, ...]) -> torch.Tensor:
@@ -80,12 +81,11 @@ def _images(x, name: str, gray: bool) -> torch.Tensor:
     return t.permute(0, 3, 1, 2)
 
 
-def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
-    """Normalised 2-D Gaussian kernel (size, size)."""
+def _gaussian_1d(size: int, sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian kernel (size,); the 2-D window is its outer product."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+    return g / g.sum()
 
 
 def ssim(gen, gt, gray: bool = True, win_size: int = 11, sigma: float = 1.5,
@@ -100,18 +100,28 @@ def ssim(gen, gt, gray: bool = True, win_size: int = 11, sigma: float = 1.5,
     _check_pairs(gen, gt)
     if min(gen.shape[-2:]) < win_size:
         raise ValueError(f"SSIM window {win_size} is larger than the images {tuple(gen.shape[-2:])}")
-    channels = gen.shape[1]
-    window = _gaussian_window(win_size, sigma).expand(channels, 1, win_size, win_size)
+    g = _gaussian_1d(win_size, sigma)
+    if len(gen) == 0:
+        return np.empty(0)
+    return torch.cat([_ssim_chunk(gen[i : i + SSIM_CHUNK], gt[i : i + SSIM_CHUNK], g, k1, k2)
+                      for i in range(0, len(gen), SSIM_CHUNK)]).numpy()
+
+
+def _ssim_chunk(gen: torch.Tensor, gt: torch.Tensor, g: torch.Tensor, k1: float, k2: float) -> torch.Tensor:
+    """SSIM (N,) of float64 (N, C, H, W) pairs; the Gaussian blur is separable (two 1-D passes), so
+    a float64 convolution's unfolded input is win_size times smaller than with the 2-D window."""
+    channels, size = gen.shape[1], len(g)
+    rows, cols = g.view(1, 1, size, 1).expand(channels, 1, size, 1), g.view(1, 1, 1, size).expand(channels, 1, 1, size)
 
     def blur(x):  # local weighted mean over the window, valid region only
-        return F.conv2d(x, window, groups=channels)
+        return F.conv2d(F.conv2d(x, rows, groups=channels), cols, groups=channels)
 
     mu1, mu2 = blur(gen), blur(gt)
     var1, var2 = blur(gen * gen) - mu1**2, blur(gt * gt) - mu2**2
     cov = blur(gen * gt) - mu1 * mu2
     c1, c2 = k1**2, k2**2
     ssim_map = ((2 * mu1 * mu2 + c1) * (2 * cov + c2)) / ((mu1**2 + mu2**2 + c1) * (var1 + var2 + c2))
-    return ssim_map.mean(dim=(1, 2, 3)).numpy()
+    return ssim_map.mean(dim=(1, 2, 3))
 
 
 def pixcorr(gen, gt) -> np.ndarray:
