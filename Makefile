@@ -28,6 +28,11 @@ repro: setup
 test: setup
 	pytest -q
 
+# Whole recipes (e.g. the paper's) end to end at tiny size: minutes each, so outside `make test`
+# to keep it under 15 minutes on 2 cores. CI runs it.
+test-extended: setup
+	pytest -q -m extended
+
 # Every stage at the real model shapes (random weights; ~9 GB of model files built once into
 # .pytest_cache): separate from `make test` for its time. CI runs both.
 test-realscale: setup

@@ -318,7 +318,7 @@ def orphan_runs(ctx):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{ctx.repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("dreamdiffusion").experiment_id
-    (dead,) = client.search_runs([experiment])
+    (dead,) = [r for r in client.search_runs([experiment]) if r.data.tags.get("kind") != "pipeline"]  # not the parent
     host = socket.gethostname()
     for stage, pid in (("download", live_process(ctx.request)), ("preprocess", int(dead.data.tags["pid"]))):
         client.create_run(experiment, tags={"stage": stage, "pid": str(pid), "host": host}, run_name=stage)
@@ -327,7 +327,8 @@ def orphan_runs(ctx):
 
 
 def dead_run_marked_killed(ctx):
-    runs = {r.info.run_id: r for r in ctx.client.search_runs([ctx.dead.info.experiment_id])}
+    runs = {r.info.run_id: r for r in ctx.client.search_runs([ctx.dead.info.experiment_id])
+            if r.data.tags.get("kind") != "pipeline"}  # the stage runs, not their parent
     dead = runs.pop(ctx.dead.info.run_id)
     assert dead.info.status == "KILLED"
     assert f"process {dead.data.tags['pid']} on {socket.gethostname()} ended" in dead.data.tags["killed_reason"]

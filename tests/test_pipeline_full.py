@@ -159,6 +159,7 @@ def test_two_processes_from_dvc_repro_equal_one_with_the_same_global_batch(repo,
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
 
 
+@pytest.mark.extended
 def test_paper_recipe_runs_at_tiny_size(repo):
     """The paper preset as a DVC experiment (`presets run`'s command), with only what the tiny world needs
     changed: subject 2 (it has two subjects) and 4 PLMS steps instead of 250."""
