@@ -81,7 +81,8 @@ def repo(real_shape_sources, tmp_path_factory):  # noqa: F811
 
 
 def metrics(repo: Path, name: str) -> dict:
-    return json.loads((repo / "metrics" / f"{name}.json").read_text())
+    """A stage's full report (`metrics/<name>_details.json`; `<name>.json` holds its headline only)."""
+    return json.loads((repo / "metrics" / f"{name}_details.json").read_text())
 
 
 def test_every_stage_ran_and_reported_its_peak_memory(repo):
