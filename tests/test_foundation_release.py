@@ -142,3 +142,25 @@ def test_a_folder_without_release_json_is_refused(release, tmp_path):
     (folder / RELEASE).unlink()
     with pytest.raises(DataError, match="release.json: missing"):
         check_release(folder, load_images(images_path))
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models/release"
+
+
+def test_the_shipped_release_is_intact_fits_the_default_world_and_loads():
+    """models/release: every file matches release.json, it was trained for the default world on
+    train + extra images only, it records the issue's targets, and it loads as a foundation."""
+    from dreamdiffusion.io import verify_manifest
+
+    release = verify_manifest(SHIPPED, "foundation", RELEASE)
+    params = yaml.safe_load((SHIPPED.parents[1] / "params.yaml").read_text())
+    world = release["world"]
+    assert world["classes"] == params["download"]["synthetic"]["classes"]
+    assert world["image_size"] == params["preprocess"]["image_size"]
+    assert not release["git"]["dirty"]
+    measured = release["metrics"]["float16"]
+    assert measured["caption_to_image_acc"] >= 0.9 and measured["judge_recon_acc"] >= 0.95
+    assert measured["judge_val_acc"] >= 0.98 and measured["clip_zeroshot_acc"] >= 0.95
+    assert sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file()) < 40 * 2**20
+    foundation = load_foundation(SHIPPED)
+    assert foundation.image_size == world["image_size"] and len(foundation.captions) == world["classes"]
