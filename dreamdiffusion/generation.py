@@ -28,7 +28,7 @@ class GenerateConfig:
 
     samples_per_eeg: int = param(2, min=1, help="images per test trial (paper: 5)")
     scheduler: str = param("ddim", choices=["ddim", "pndm", "dpmsolver++"], help="pndm = the paper's PLMS")
-    steps: int = param(25, min=1, help="sampling steps (paper: 250 PLMS)")
+    steps: int = param(10, min=1, help="sampling steps (paper: 250 PLMS)")
     guidance: float = param(3.0, min=1.0, help="classifier-free guidance scale (1 = none, as the paper)")
     batch_size: int = param(64, min=1, help="images per sampling batch (UNet)")
     decode_batch_size: int = param(16, min=1, help="latents per VAE decode call (the memory peak at 512 px)")

@@ -55,7 +55,8 @@ def run(repo: Path, *args: str, check: bool = True, env: dict | None = None) -> 
 def make_repo_copy(dest: Path, params_override: dict | None = None) -> Path:
     """A fresh git repo at `dest` with the project's files, params overridden, one commit."""
     for name in project_files():
-        if name in ("dvc.lock",) or name.startswith(("data/", "models/", "metrics/")):
+        if name in ("dvc.lock",) or name.startswith(("data/", "metrics/")) or (
+                name.startswith("models/") and not name.startswith("models/release/")):  # the shipped foundation stays
             continue
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)

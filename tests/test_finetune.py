@@ -13,6 +13,7 @@ import torch
 from test_foundation import make_image_set, tiny_config
 from torch.utils.data import DataLoader
 
+from dreamdiffusion.config import ConfigError, parse_config
 from dreamdiffusion.data.processed import SPLIT_CODES, load_paired_eeg, write_h5
 from dreamdiffusion.finetune.data import cached_features, finetune_data, write_features
 from dreamdiffusion.finetune.engine import losses
@@ -25,7 +26,7 @@ from dreamdiffusion.foundation.load import load_foundation
 from dreamdiffusion.mae.encoder import save_encoder
 from dreamdiffusion.mae.model import EEGEncoder, MAEConfig
 
-TINY = FinetuneConfig(epochs=2, batch_size=4, lr=1e-3, val_every=1, val_trials=3, val_steps=2, nway=3, nway_draws=5,
+TINY = FinetuneConfig(epochs=2, align_epochs=0, batch_size=4, lr=1e-3, val_every=1, val_trials=3, val_steps=2, nway=3, nway_draws=5,
                       checkpoint_every=1, log_every=1)
 
 
@@ -115,6 +116,23 @@ def test_loss_combines_terms_with_their_weights(world):
         expected = out["diffusion_loss"] + weight * out["clip_loss"] + 0.5 * out["caption_loss"]
         assert out["loss"] == pytest.approx(expected, rel=1e-5)
     assert outs[0]["clip_loss"] == pytest.approx(outs[1]["clip_loss"], rel=1e-5) and outs[0]["clip_loss"] > 0
+
+
+def test_alignment_epochs_train_the_conditioner_alone_then_the_unet_joins(world):
+    config = dataclasses.replace(TINY, epochs=2, align_epochs=1, caption_weight=0.5)
+    models, data, foundation = make_models(world, config)
+    batch, time_cond = first_batch(data), TimeConditioning(models.unet)
+    aligned = losses(models, batch, config, time_cond, 0, 0)
+    joint = losses(models, batch, config, time_cond, 0, 1)
+    assert float(aligned["diffusion_loss"]) == 0 and float(joint["diffusion_loss"]) > 0
+    assert float(aligned["loss"]) == pytest.approx(float(aligned["clip_loss"]) + 0.5 * float(aligned["caption_loss"]))
+    assert float(aligned["clip_loss"]) == pytest.approx(float(joint["clip_loss"]), rel=1e-5)  # same condition
+    unet_before, cond_before = snapshot(models.unet), snapshot(models.conditioner)
+    one = finetune(dataclasses.replace(config, epochs=2), models, data, foundation, 0, stop_after=1)
+    assert all(torch.equal(p, unet_before[n]) for n, p in one.models.unet.named_parameters())  # no UNet pass
+    assert any(not torch.equal(p, cond_before[n]) for n, p in one.models.conditioner.named_parameters())
+    with pytest.raises(ConfigError, match="align_epochs 2 must be below finetune.epochs 2"):
+        parse_config(FinetuneConfig, {"epochs": 2, "align_epochs": 2}, "finetune")
 
 
 def test_val_selection_keeps_the_best_epoch():

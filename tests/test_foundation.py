@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COLOURS = np.array([[220, 40, 40], [40, 200, 40], [40, 60, 220]])
 # Miniature everything: a few training steps per part.
 TINY = {
+    "source": "demo",  # trained here: the shipped release fits only the default world
     "judge": {"channels": [8, 16], "feature_dim": 16, "epochs": 10, "batch_size": 16},
     "clip": {"embed_dim": 16, "vision": "vit", "vision_width": 64, "vision_layers": 1, "patch_size": 8, "text_layers": 1, "context_length": 16,
              "steps": 3, "batch_size": 16},

@@ -20,7 +20,7 @@ TINY_ALL = merge(TINY, {
     "pretrain": {"model": {"patch": 64, "width": 16, "depth": 1, "heads": 2, "decoder_width": 8,
                            "decoder_depth": 1, "decoder_heads": 2},
                  "epochs": 1, "batch_size": 2},
-    "finetune": {"epochs": 2, "batch_size": 8, "val_every": 1, "val_trials": 4, "val_steps": 2},
+    "finetune": {"epochs": 2, "align_epochs": 1, "batch_size": 8, "val_every": 1, "val_trials": 4, "val_steps": 2},
     "generate": {"samples_per_eeg": 2, "steps": 2, "batch_size": 16},
     "evaluate": {"nway_draws": 5, "kid_subset_size": 4},
 })

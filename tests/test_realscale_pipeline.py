@@ -58,7 +58,7 @@ def realscale_params(sources: dict, data: dict) -> dict:
                        "sample": {"per_class": 1, "grid_per_class": 1, "inference_steps": 2, "batch_size": 2}},
         "pretrain": {"epochs": 1, "batch_size": 2, "mixed_precision": "fp32", "checkpoint_every": 1,
                      "probe_batch_size": 4},
-        "finetune": {"epochs": 1, "batch_size": 2, "mixed_precision": "fp32", "val_every": 1, "val_trials": 2,
+        "finetune": {"epochs": 1, "align_epochs": 0, "batch_size": 2, "mixed_precision": "fp32", "val_every": 1, "val_trials": 2,
                      "val_steps": 2, "encode_batch_size": 4, "val_batch_size": 2, "checkpoint_every": 1},
         "generate": {"samples_per_eeg": 2, "steps": 2, "batch_size": 4, "decode_batch_size": 2, "mixed_precision": "fp32"},
         "evaluate": {"nway_draws": 5, "batch_size": 4, "kid_subset_size": 2, "fidelity_batch_size": 4},

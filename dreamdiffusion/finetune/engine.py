@@ -3,6 +3,8 @@
 Loss = noise-prediction MSE (honouring the scheduler's `prediction_type`)
      + clip_weight * (1 - cos(CLIP head(EEG), frozen CLIP image embedding of the paired image))
      + caption_weight * MSE(condition, the class caption's text states)   (optional; beyond the paper)
+In the first `align_epochs` epochs (optional; beyond the paper) only the last two terms train the
+conditioner: no UNet pass, so they cost a fraction of a joint epoch.
 Every random draw of a trial (latent sample, condition noise, dropout, diffusion noise, timestep)
 comes from a generator keyed by (seed, epoch, trial): see `rng.py`.
 """
@@ -59,15 +61,18 @@ def losses(models: Models, batch, config, time_cond: TimeConditioning, seed: int
     caption_loss = torch.zeros((), device=device)
     if config.caption_weight:
         caption_loss = F.mse_loss(clean, models.caption_embeds.to(clean)[label])
+    clip = 1 - F.cosine_similarity(clip_pred.float(), clip_target.float(), dim=-1).mean()
+    alignment = config.clip_weight * clip + config.caption_weight * caption_loss
+    if 0 <= epoch < config.align_epochs:  # alignment-only epochs: no UNet pass
+        diffusion = torch.zeros((), device=device)
+        return {"loss": alignment, "diffusion_loss": diffusion, "clip_loss": clip, "caption_loss": caption_loss}
     noise = draw("randn", generators, latents.shape[1:], device)
     timesteps = draw_ints(generators, models.noise_scheduler.config.num_train_timesteps, device)
     noisy = models.noise_scheduler.add_noise(latents, noise, timesteps)
     with time_cond(time_vector):
         pred = models.unet(noisy, timesteps, encoder_hidden_states=condition).sample
     diffusion = F.mse_loss(pred.float(), diffusion_target(models.noise_scheduler, latents, noise, timesteps).float())
-    clip = 1 - F.cosine_similarity(clip_pred.float(), clip_target.float(), dim=-1).mean()
-    total = diffusion + config.clip_weight * clip + config.caption_weight * caption_loss
-    return {"loss": total, "diffusion_loss": diffusion, "clip_loss": clip, "caption_loss": caption_loss}
+    return {"loss": diffusion + alignment, "diffusion_loss": diffusion, "clip_loss": clip, "caption_loss": caption_loss}
 
 
 def finetune_one_epoch(models: Models, loader, optimizer, accelerator, config, seed: int, epoch: int, step: int,

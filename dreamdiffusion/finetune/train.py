@@ -45,9 +45,11 @@ class FinetuneConfig:
     cond_noise: float = param(0.1, min=0.0, help="std of Gaussian noise added to the condition in training")
     clip_weight: float = param(1.0, min=0.0)
     caption_weight: float = param(1.0, min=0.0, help="pull the condition towards the class caption's text states")
-    epochs: int = param(12, min=1)
+    epochs: int = param(26, min=1)
+    align_epochs: int = param(24, min=0, help="the first epochs train the conditioner on the CLIP (and caption) "
+                              "losses alone, without the UNet (cheap); the rest add the diffusion loss")
     batch_size: int = param(32, min=1)
-    lr: float = param(1e-3, min=0.0)
+    lr: float = param(3e-3, min=0.0)
     unet_lr: float = param(1e-4, min=0.0, help="learning rate of the UNet part (0 = lr)")
     weight_decay: float = param(0.0, min=0.0)
     clip_grad: float = param(0.5, min=0.0)
@@ -55,7 +57,7 @@ class FinetuneConfig:
     ema_decay: float = param(0.0, min=0.0, max=1.0, help="0 = no EMA")
     encode_batch_size: int = param(64, min=1, help="images per VAE/CLIP batch when encoding the images once", run_key=False)
     val_batch_size: int = param(32, min=1, help="trials per batch in validation (losses, generation, judge)", run_key=False)
-    val_every: int = param(2, min=1)
+    val_every: int = param(6, min=1)
     val_trials: int = param(60, min=1, help="val trials generated for the quick n-way accuracy")
     val_steps: int = param(10, min=1)
     val_guidance: float = param(3.0, min=1.0)
@@ -69,6 +71,9 @@ class FinetuneConfig:
     def __post_init__(self):
         if not self.train_encoder and self.encoder_init == "random" and self.train_unet == "none":
             raise ConfigError("nothing would learn the EEG: train_encoder false, encoder_init random, train_unet none")
+        if self.align_epochs >= self.epochs:
+            raise ConfigError(f"finetune.align_epochs {self.align_epochs} must be below finetune.epochs {self.epochs}: "
+                              "the last epochs need the diffusion loss")
 
 
 def build_conditioner(config: FinetuneConfig, foundation, encoder_dir: Path, unet) -> EEGConditioner:

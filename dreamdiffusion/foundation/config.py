@@ -108,7 +108,7 @@ class PretrainedConfig:
     judge_weights: str = param("torchvision", help="'torchvision' (download) or a local state dict file")
     judge_image_size: int = param(518, min=16, help="input size (ViT_H_14 DEFAULT weights: 518)")
     inception_weights: str = param("download", help="'download' or a local torch-fidelity Inception file")
-    release: str | None = param(None, help="a released miniature foundation folder (release.json; "
+    release: str | None = param("models/release", help="a released miniature foundation folder (release.json; "
                                 "python -m dreamdiffusion.foundation.release): replaces every other field")
 
 
@@ -116,7 +116,7 @@ class PretrainedConfig:
 class FoundationConfig:
     """The `foundation` params section."""
 
-    source: str = param("demo", choices=["demo", "pretrained"])
+    source: str = param("pretrained", choices=["demo", "pretrained"])
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     clip: CLIPConfig = field(default_factory=CLIPConfig)

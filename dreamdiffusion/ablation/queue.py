@@ -1,0 +1,85 @@
+"""Queue the ablation's rows x seeds as DVC experiments and wait for DVC's queue to drain."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from ..config import ConfigError
+from ..presets import merge, validate
+from ..presets.__main__ import exp_run_command
+from . import ROWS, Row, experiment_name
+
+ACTIVE = ("Queued", "Running")
+
+
+def parse_sets(sets: list[str]) -> dict:
+    """`key.sub=value` strings (values parsed as YAML) as one nested overrides dict."""
+    out: dict = {}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. finetune.epochs=4")
+        *parents, leaf = key.split(".")
+        node = out
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(text)
+    return out
+
+
+def deep_merge(*layers: dict) -> dict:
+    """Nested dicts merged left to right (later layers win; lists and scalars replace)."""
+    out: dict = {}
+    for layer in layers:
+        for key, value in layer.items():
+            both = isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = deep_merge(out[key], value) if both else value
+    return out
+
+
+def row_overrides(row: Row, seed: int, extra: dict) -> dict:
+    """Everything one experiment sets: the row, the user's --set, the seed."""
+    return deep_merge(row.overrides, extra, {"seed": seed})
+
+
+def queue_commands(rows: list[Row], seeds: list[int], extra: dict, params_file: Path) -> list[list[str]]:
+    """One `dvc exp run --queue -n abl-<row>-s<seed>` per row and seed, each validated against the configs."""
+    params = yaml.safe_load(params_file.read_text())
+    commands = []
+    for row in rows:
+        for seed in seeds:
+            overrides = row_overrides(row, seed, extra)
+            try:
+                validate(merge(params, overrides))
+            except ConfigError as err:
+                raise ConfigError(f"ablation row {row.name!r} (seed {seed}): {err}") from None
+            commands.append(exp_run_command(overrides, ["--queue", "-n", experiment_name(row.name, seed)]))
+    return commands
+
+
+def select_rows(names: list[str] | None) -> list[Row]:
+    """The rows named (all when None), in table order; an unknown name is an error listing the known ones."""
+    known = {row.name: row for row in ROWS}
+    unknown = sorted(set(names or []) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown ablation rows {unknown}: choose from {', '.join(known)}")
+    return [row for row in ROWS if names is None or row.name in names]
+
+
+def queue_active(status_text: str) -> int:
+    """How many tasks `dvc queue status` lists as queued or running."""
+    return sum(1 for line in status_text.splitlines()[1:] if any(f"  {state}" in line for state in ACTIVE))
+
+
+def wait_for_queue(poll_seconds: float = 30.0) -> None:
+    """Block until DVC's experiment queue holds nothing queued or running; print progress."""
+    while True:
+        status = subprocess.run(["dvc", "queue", "status"], capture_output=True, text=True, check=True).stdout
+        active = queue_active(status)
+        print(f"[ablation] {time.strftime('%H:%M:%S')}: {active} experiments queued or running", flush=True)
+        if active == 0:
+            return
+        time.sleep(poll_seconds)

@@ -1,0 +1,128 @@
+"""The ablation command: rows -> queued DVC experiments, and the report from `dvc exp show --json`."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dreamdiffusion.ablation import ROW_NAMES, experiment_name, parse_name
+from dreamdiffusion.ablation.__main__ import main
+from dreamdiffusion.ablation.queue import queue_active
+from dreamdiffusion.ablation.report import collect, common_settings, disagreements, markdown, summarize
+
+BASE_PARAMS = {"seed": 0, "finetune": {"val_every": 6, "epochs": 12, "clip_weight": 1.0}}
+
+
+def experiment(name: str, seed: int, top1: float, timestamp: str = "2026-12-02T13:07:20", state: str = "success",
+               error=None, **finetune) -> dict:
+    """One entry of `dvc exp show --json` (DVC 3.67 layout: experiments -> revs -> data)."""
+    params = {"seed": seed, "finetune": {**BASE_PARAMS["finetune"], "val_every": 5, "epochs": 4, **finetune}}
+    data = {"rev": "f" * 40, "timestamp": timestamp, "params": {"params.yaml": {"data": params}},
+            "metrics": {"metrics/eval.json": {"data": {"nway_top1": top1, "controls": {"nway_top1": 0.1}}},
+                        "metrics/finetune.json": {"data": {"val_nway_top1": top1 + 0.01}}}}
+    return {"revs": [{"rev": "f" * 40, "name": name, "data": data, "error": error, "experiments": None}],
+            "executor": {"state": state, "name": "dvc-task"}, "name": name}
+
+
+def payload() -> list[dict]:
+    """A baseline with full x 3 seeds, no-alignment x 2 (+ an older duplicate), a failed run and a foreign one."""
+    runs = [experiment("abl-full-s0", 0, 0.40), experiment("abl-full-s1", 1, 0.50), experiment("abl-full-s2", 2, 0.60),
+            experiment("abl-no-alignment-s0", 0, 0.70, clip_weight=0.0),
+            experiment("abl-no-alignment-s1", 1, 0.10, "2026-12-02T13:00:00", clip_weight=0.0),  # older: replaced
+            experiment("abl-no-alignment-s1", 1, 0.80, "2026-12-02T14:00:00", clip_weight=0.0),
+            experiment("abl-mask-0.25-s0", 0, 0.99, state="failed"),
+            experiment("abl-encoder-only-s0", 0, 0.99, error={"msg": "broken"}),
+            experiment("my-own-exp", 0, 0.99)]
+    return [{"rev": "workspace", "name": None, "data": {"params": {"params.yaml": {"data": BASE_PARAMS}}},
+             "experiments": None},
+            {"rev": "c" * 40, "name": "main", "data": {"params": {"params.yaml": {"data": BASE_PARAMS}}},
+             "experiments": runs}]
+
+
+def test_names_round_trip_for_every_row():
+    for row in ROW_NAMES:
+        assert parse_name(experiment_name(row, 12)) == (row, 12)
+    assert parse_name("abl-nonsense-s0") is None and parse_name("exp-1a2b") is None and parse_name(None) is None
+
+
+def test_collect_keeps_successful_ablation_runs_newest_per_seed():
+    runs = collect(payload())
+    assert [(run.row, run.seed) for run in runs] == [("full", 0), ("full", 1), ("full", 2), ("no-alignment", 0),
+                                                     ("no-alignment", 1)]
+    assert next(run for run in runs if run.row == "no-alignment" and run.seed == 1).metrics["nway_top1"] == 0.80
+    assert math.isnan(runs[0].metrics["probe_top1"])  # absent from the payload: NaN, never 0
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    table = summarize(collect(payload()))
+    full, no_alignment = table
+    assert (full["row"].name, full["n"], full["seeds"]) == ("full", 3, [0, 1, 2])
+    assert full["nway_top1"][0] == pytest.approx(0.5)
+    assert full["nway_top1"][1] == pytest.approx(np.std([0.4, 0.5, 0.6], ddof=1))
+    assert no_alignment["nway_top1"] == pytest.approx((0.75, np.std([0.7, 0.8], ddof=1)))
+    assert full["val_nway_top1"][0] == pytest.approx(0.51)
+
+
+def test_report_says_plainly_where_a_row_contradicts_the_paper():
+    table = summarize(collect(payload()))
+    found = disagreements(table)
+    assert len(found) == 1 and found[0].startswith("`no-alignment`: 0.750 >= full 0.500")
+    text = markdown(table, common_settings(collect(payload())))
+    assert "| full | " in text and "| 3 | 0.500 ± 0.100 |" in text and "45.8%" in text and "28.3%" in text
+    assert "Contradicts the paper: `no-alignment`" in text
+    assert "`finetune.epochs=4`, `finetune.val_every=5`" in text  # what every run set, found in the params
+
+
+def test_report_command_writes_markdown_and_png_from_a_payload(tmp_path):
+    source = tmp_path / "exp_show.json"
+    source.write_text(json.dumps(payload()))
+    out = tmp_path / "docs" / "ablation.md"
+    out.parent.mkdir()
+    assert main(["report", "--payload", str(source), "--out", str(out)]) == 0
+    assert out.read_text().startswith("# Ablation")
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ablation.md", "ablation.png"]  # no temp files left
+
+
+def test_report_without_ablation_runs_is_an_error(tmp_path, capsys):
+    source = tmp_path / "exp_show.json"
+    source.write_text(json.dumps([{"rev": "workspace", "data": {}, "experiments": None}]))
+    assert main(["report", "--payload", str(source), "--out", str(tmp_path / "a.md")]) == 2
+    assert "no finished ablation experiments" in capsys.readouterr().err
+    assert not (tmp_path / "a.md").exists()
+
+
+def test_queue_dry_run_names_each_row_and_seed(capsys):
+    assert main(["queue", "--dry-run", "--rows", "full", "mask-0.25", "--seeds", "3", "4",
+                 "--set", "finetune.epochs=4", "finetune.align_epochs=2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    commands = [line for line in lines if line.startswith("dvc exp run")]
+    assert [c.split("-n ")[1] for c in commands] == ["abl-full-s3", "abl-full-s4", "abl-mask-0.25-s3",
+                                                     "abl-mask-0.25-s4"]
+    assert all("-S finetune.epochs=4" in c and "--queue" in c for c in commands)
+    assert "-S pretrain.model.mask_ratio=0.25 " in commands[2] and "-S seed=3 " in commands[2]
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["--rows", "no-such-row"], "no-such-row"),
+    (["--set", "finetune.epoch=4"], "finetune.epoch"),          # a typo'd key
+    (["--set", "finetune.epochs=-1"], "finetune.epochs"),       # out of range
+    (["--set", "finetune.epochs=4"], "align_epochs 24"),        # inconsistent with the default align_epochs
+    (["--set", "noequals"], "noequals"),
+])
+def test_queue_refuses_bad_rows_and_settings_before_queuing_anything(argv, culprit, capsys):
+    assert main(["queue", "--dry-run", *argv]) == 2
+    captured = capsys.readouterr()
+    assert culprit in captured.err and "dvc exp run" not in captured.out
+
+
+def test_queue_status_counts_queued_and_running_tasks():
+    status = ("Task     Name            Created    Status\n"
+              "a4ec717  abl-full-s0     01:07 PM   Success\n"
+              "8328033  abl-full-s1     01:07 PM   Running\n"
+              "9a1b2c3  abl-no-clip-s0  01:08 PM   Queued\n"
+              "7d8e9f0  abl-no-clip-s1  01:08 PM   Failed\n\n"
+              "Worker status: 1 active, 0 idle\n")
+    assert queue_active(status) == 2
