@@ -43,7 +43,7 @@ def differences(first: dict, second: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(first) | set(second)):
         a, b, name = first.get(key), second.get(key), f"{prefix}{key}"
-        if "second" in key or "time" in key:
+        if "second" in key or "time" in key or key.endswith("per_s"):  # timings and throughputs
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, name + ".")
