@@ -39,6 +39,7 @@ test-realscale: setup
 	pytest -q -s -m realscale
 
 ui: setup
+	@python -m dreamdiffusion.ui_url --port $${MLFLOW_PORT:-5000}
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui \
 		--backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns \

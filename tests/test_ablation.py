@@ -75,6 +75,11 @@ def test_report_says_plainly_where_a_row_contradicts_the_paper():
     assert "`finetune.epochs=4`, `finetune.val_every=5`" in text  # what every run set, found in the params
 
 
+def test_report_with_the_full_row_alone_compares_nothing():
+    table = [entry for entry in summarize(collect(payload())) if entry["row"].name == "full"]
+    assert "Nothing to compare yet" in markdown(table, {}) and not disagreements(table)
+
+
 def test_report_command_writes_markdown_and_png_from_a_payload(tmp_path):
     source = tmp_path / "exp_show.json"
     source.write_text(json.dumps(payload()))

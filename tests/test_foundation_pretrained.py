@@ -80,7 +80,7 @@ def sources(tmp_path_factory):
 def pretrained_config(root: Path, **override) -> FoundationConfig:
     pretrained = {"stable_diffusion": str(root / "sd"), "clip_model": CLIP_NAME, "clip_pretrained": str(root / "clip.pt"),
                   "clip_quickgelu": False, "judge_arch": "mobilenet_v3_small", "judge_weights": str(root / "judge.pth"),
-                  "judge_image_size": 32, "inception_weights": str(root / INCEPTION_FILE), **override}
+                  "judge_image_size": 32, "inception_weights": str(root / INCEPTION_FILE), "release": None, **override}
     return parse_config(FoundationConfig, {**TINY, "source": "pretrained", "pretrained": pretrained}, "foundation")
 
 

@@ -134,3 +134,20 @@ def test_same_execution_finds_its_parent_and_a_failed_stage_fails_it(tmp_path, m
     _, all_runs = runs(tmp_path, "g")
     (parent,) = [r for r in all_runs if r.data.tags.get("kind") == "pipeline"]
     assert parent.info.status == "FAILED" and len(all_runs) == 3
+
+
+def test_ui_address_opens_the_experiment_on_its_training_runs(tmp_path, monkeypatch, capsys):
+    from dreamdiffusion.ui_url import experiment_id, main, ui_url
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert experiment_id(tmp_path, "t") is None  # no store yet: the experiment list
+    assert ui_url(5000, None) == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+    with stage_run("preprocess", TrackingConfig(experiment="t"), {}, tmp_path):
+        pass
+    client, (run,) = runs(tmp_path, "t")
+    wanted = client.get_experiment_by_name("t").experiment_id
+    assert experiment_id(tmp_path, "t") == wanted
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tracking": {"experiment": "t"}}))
+    main(["--port", "5123", "--params", str(tmp_path / "params.yaml")])
+    assert capsys.readouterr().out.strip().endswith(
+        f"http://127.0.0.1:5123/#/experiments/{wanted}/runs?workflowType=machine_learning")

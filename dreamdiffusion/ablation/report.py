@@ -145,9 +145,14 @@ def markdown(table: list[dict], settings: dict) -> str:
                                               "val_nway_top1", "probe_top1")]
         lines.append(f"| {row.name} | {row.description} | {entry['n']} | " + " | ".join(cells) + f" | {paper} |")
     found = disagreements(table)
+    compared = [e["row"].name for e in table if e["row"].name != "full" and e["row"].paper_top1 is not None]
     lines += ["", "## Against the paper", ""]
-    lines += [f"- Contradicts the paper: {text}." for text in found] or \
-             ["- Every ablated row the paper reports came out below the full model, as in the paper."]
+    if not compared or not any(e["row"].name == "full" for e in table):
+        lines.append("- Nothing to compare yet: the full row and at least one row the paper reports are needed.")
+    else:
+        lines += [f"- Contradicts the paper: {text}." for text in found] or \
+                 [f"- Every ablated row the paper reports ({', '.join(compared)}) came out below the full model, "
+                  "as in the paper."]
     return "\n".join(lines) + "\n"
 
 

@@ -62,7 +62,7 @@ def release_settings(params: Path, tiny: bool) -> tuple[FoundationConfig, int]:
     except FileNotFoundError:
         raise DataError(f"{params}: params file not found") from None
     section = merge(document.get("foundation") or {}, TINY if tiny else {})
-    section.pop("source", None)
+    section["source"] = "demo"  # the release trains the demo models, whatever params.yaml loads
     return parse_config(FoundationConfig, section, "foundation"), int(document.get("seed", 0))
 
 
