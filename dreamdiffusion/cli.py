@@ -13,7 +13,7 @@ from .config import ConfigError, load_params, to_dict
 from .headline import HEADLINE, details_path, flatten_headline, metrics_path, write_headline
 from .io import DataError
 from .results import StageResult
-from .tracking import current_execution, project_root, stage_run
+from .tracking import project_root, stage_execution, stage_run
 
 PARAMS_FILE = "params.yaml"
 
@@ -53,7 +53,7 @@ def run_stage(name: str, spec: dict[str, Any], body: Callable[[dict, Callable], 
         if distributed and (code := relaunch(params["compute"], sys.argv[0])) is not None:
             sys.exit(code)
         tracking = params["tracking"] if is_main_process() else dataclasses.replace(params["tracking"], enabled=False)
-        execution = current_execution(project_root(), params_file) if tracking.enabled else None
+        execution = stage_execution(params_file) if tracking.enabled else None
         with stage_run(name, tracking, {k: _plain(v) for k, v in params.items()}, project_root(), execution) as run:
             result = body(params, lambda metrics, step: run.log_metrics(metrics, step=step))
             if result is not None:  # the main process: it wrote the outputs

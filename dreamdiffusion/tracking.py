@@ -65,6 +65,13 @@ def project_root(default: str | Path = ".") -> Path:
     return Path(os.environ.get("DVC_ROOT") or default).resolve()
 
 
+def code_root() -> Path:
+    """The working tree whose code and params this stage runs: its working directory. A queued or
+    temp DVC experiment runs in its own copy, while `DVC_ROOT` names the main repository, whose
+    commit and edits may move while the experiment runs."""
+    return Path.cwd()
+
+
 def tracking_uri(root: Path) -> str:
     """`MLFLOW_TRACKING_URI` when set, else the project's SQLite store."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / DB_NAME}"
@@ -131,6 +138,11 @@ def current_execution(root: Path, params_file: str | Path) -> Execution:
     code = hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else "clean"
     return Execution(os.environ.get("DVC_EXP_NAME") or WORKSPACE, params_hash(document),
                      _git(root, "rev-parse", "HEAD"), code, document)
+
+
+def stage_execution(params_file: str | Path) -> Execution:
+    """The execution the running stage belongs to, read from the working tree it runs in."""
+    return current_execution(code_root(), params_file)
 
 
 def close_dead_runs(client, stage: str) -> list[str]:
@@ -320,7 +332,7 @@ def stage_run(stage: str, config: TrackingConfig, params: dict, root: Path,
         experiment_id = _experiment_id(client, config.experiment, root)
         if closed := close_dead_runs(client, stage):
             print(f"{stage}: marked {len(closed)} run(s) left RUNNING by a dead process as KILLED", file=sys.stderr)
-        tags = run_tags(stage, root)
+        tags = run_tags(stage, code_root())
         parent_id = parent_run(client, experiment_id, execution) if execution else None
         if execution:
             tags.update({PARENT_TAG: parent_id, "params_hash": execution.params_hash})

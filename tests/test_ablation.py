@@ -104,10 +104,10 @@ def test_queue_dry_run_names_each_row_and_seed(capsys):
                  "--set", "finetune.epochs=4", "finetune.align_epochs=2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     commands = [line for line in lines if line.startswith("dvc exp run")]
-    assert [c.split("-n ")[1] for c in commands] == ["abl-full-s3", "abl-full-s4", "abl-mask-0.25-s3",
-                                                     "abl-mask-0.25-s4"]
+    assert [c.split("-n ")[1] for c in commands] == ["abl-full-s3", "abl-mask-0.25-s3", "abl-full-s4",
+                                                     "abl-mask-0.25-s4"]  # seed-major
     assert all("-S finetune.epochs=4" in c and "--queue" in c for c in commands)
-    assert "-S pretrain.model.mask_ratio=0.25 " in commands[2] and "-S seed=3 " in commands[2]
+    assert "-S pretrain.model.mask_ratio=0.25 " in commands[1] and "-S seed=3 " in commands[1]
 
 
 @pytest.mark.parametrize("argv, culprit", [

@@ -151,3 +151,32 @@ def test_ui_address_opens_the_experiment_on_its_training_runs(tmp_path, monkeypa
     main(["--port", "5123", "--params", str(tmp_path / "params.yaml")])
     assert capsys.readouterr().out.strip().endswith(
         f"http://127.0.0.1:5123/#/experiments/{wanted}/runs?workflowType=machine_learning")
+
+
+def test_an_experiment_copy_keeps_its_key_while_the_main_repository_moves(tmp_path, monkeypatch):
+    """A queued experiment runs in its own git copy; commits and edits in the main repo (DVC_ROOT)
+    must not split its stages over two parents."""
+    from dreamdiffusion.tracking import stage_execution
+
+    def commit(repo, text):
+        (repo / "dreamdiffusion").mkdir(parents=True, exist_ok=True)
+        (repo / "dreamdiffusion" / "x.py").write_text(text)
+        git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+        subprocess.run([*git, "init", "-q"], check=True)
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, "commit", "-qm", text], check=True)
+
+    main, copy = tmp_path / "main", tmp_path / "copy"
+    commit(main, "a = 1")
+    commit(copy, "a = 1")
+    (copy / "params.yaml").write_text(yaml.safe_dump({"seed": 1}))
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(main))
+    monkeypatch.setenv("DVC_EXP_NAME", "abl-full-s1")
+    first = stage_execution("params.yaml")
+    assert first.git_commit and first.params_hash
+    commit(main, "a = 2")                                   # the user commits in the main repo ...
+    (main / "dreamdiffusion" / "x.py").write_text("a = 3")  # ... and edits it
+    assert stage_execution("params.yaml").key == first.key
+    (copy / "dreamdiffusion" / "x.py").write_text("a = 4")  # the experiment's own code is what counts
+    assert stage_execution("params.yaml").key != first.key

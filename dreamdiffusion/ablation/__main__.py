@@ -43,8 +43,8 @@ def report(args) -> int:
     if args.payload:
         payload = json.loads(Path(args.payload).read_text())
     else:
-        out = subprocess.run(["dvc", "exp", "show", "--json", *(["-A"] if args.all_commits else [])],
-                             capture_output=True, text=True, check=True).stdout
+        # -A: experiments of every commit (queued from an earlier commit, they are not HEAD's)
+        out = subprocess.run(["dvc", "exp", "show", "--json", "-A"], capture_output=True, text=True, check=True).stdout
         payload = json.loads(out)
     runs = collect(payload)
     table = summarize(runs)
@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--poll", type=float, default=30.0, help="seconds between queue checks")
     p = commands.add_parser("report", help="docs/ablation.md + .png from dvc exp show --json")
     p.add_argument("--payload", help="a saved `dvc exp show --json` output instead of running it")
-    p.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
     p.add_argument("--out", type=Path, default=Path("docs/ablation.md"))
     q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="params for every row (e.g. a shorter finetune.epochs); the report lists them")

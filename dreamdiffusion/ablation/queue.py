@@ -46,11 +46,12 @@ def row_overrides(row: Row, seed: int, extra: dict) -> dict:
 
 
 def queue_commands(rows: list[Row], seeds: list[int], extra: dict, params_file: Path) -> list[list[str]]:
-    """One `dvc exp run --queue -n abl-<row>-s<seed>` per row and seed, each validated against the configs."""
+    """One `dvc exp run --queue -n abl-<row>-s<seed>` per row and seed, each validated against the configs;
+    seed-major, so that any prefix of the queue that has run covers the rows evenly."""
     params = yaml.safe_load(params_file.read_text())
     commands = []
-    for row in rows:
-        for seed in seeds:
+    for seed in seeds:
+        for row in rows:
             overrides = row_overrides(row, seed, extra)
             try:
                 validate(merge(params, overrides))
