@@ -68,9 +68,10 @@ def test_summary_is_mean_and_sample_std_over_seeds():
 def test_report_says_plainly_where_a_row_contradicts_the_paper():
     table = summarize(collect(payload()))
     found = disagreements(table)
-    assert len(found) == 1 and found[0].startswith("`no-alignment`: 0.750 >= full 0.500")
+    assert len(found) == 1 and found[0].startswith("`no-alignment`: 0.750 >= full 0.450 on the same seeds [0, 1]")
     text = markdown(table, common_settings(collect(payload())))
-    assert "| full | " in text and "| 3 | 0.500 ± 0.100 |" in text and "45.8%" in text and "28.3%" in text
+    assert "| full | " in text and "| 3 (0, 1, 2) | 0.500 ± 0.100 | 0.500 |" in text
+    assert "| 0.750 ± 0.071 | 0.450 |" in text and "45.8%" in text and "28.3%" in text
     assert "Contradicts the paper: `no-alignment`" in text
     assert "`finetune.epochs=4`, `finetune.val_every=5`" in text  # what every run set, found in the params
 

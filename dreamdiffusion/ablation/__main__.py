@@ -11,7 +11,7 @@ from pathlib import Path
 from ..config import ConfigError
 from ..io import atomic_path
 from . import ROWS
-from .queue import parse_sets, queue_commands, select_rows, wait_for_queue
+from .queue import dvc, parse_sets, queue_commands, select_rows, wait_for_queue
 from .report import collect, common_settings, figure, markdown, summarize
 
 
@@ -19,7 +19,7 @@ def queue(args) -> int:
     """Queue every selected row x seed (nothing is queued when one of them does not validate)."""
     commands = queue_commands(select_rows(args.rows), args.seeds, parse_sets(args.set), args.params)
     for command in commands:
-        print(" ".join(command), flush=True)
+        print(" ".join(["dvc", *command[1:]]), flush=True)
         if not args.dry_run and subprocess.run(command).returncode != 0:
             return 1
     print(f"[ablation] {len(commands)} experiments {'to queue' if args.dry_run else 'queued'}; "
@@ -30,7 +30,7 @@ def queue(args) -> int:
 def run(args) -> int:
     """Start `-j` DVC queue workers and wait until every queued experiment has finished."""
     start = time.perf_counter()
-    if subprocess.run(["dvc", "queue", "start", "-j", str(args.jobs)]).returncode != 0:
+    if subprocess.run([dvc(), "queue", "start", "-j", str(args.jobs)]).returncode != 0:
         return 1
     wait_for_queue(args.poll)
     print(f"[ablation] queue drained in {(time.perf_counter() - start) / 60:.1f} min; "
@@ -44,7 +44,7 @@ def report(args) -> int:
         payload = json.loads(Path(args.payload).read_text())
     else:
         # -A: experiments of every commit (queued from an earlier commit, they are not HEAD's)
-        out = subprocess.run(["dvc", "exp", "show", "--json", "-A"], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([dvc(), "exp", "show", "--json", "-A"], capture_output=True, text=True, check=True).stdout
         payload = json.loads(out)
     runs = collect(payload)
     table = summarize(runs)

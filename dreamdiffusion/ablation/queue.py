@@ -1,7 +1,9 @@
 """Queue the ablation's rows x seeds as DVC experiments and wait for DVC's queue to drain."""
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +15,12 @@ from ..presets.__main__ import exp_run_command
 from . import ROWS, Row, experiment_name
 
 ACTIVE = ("Queued", "Running")
+
+
+def dvc() -> str:
+    """The dvc executable: on PATH, else the one installed beside this Python (the project's .venv)."""
+    beside = Path(sys.executable).parent / "dvc"
+    return shutil.which("dvc") or (str(beside) if beside.exists() else "dvc")
 
 
 def parse_sets(sets: list[str]) -> dict:
@@ -57,7 +65,8 @@ def queue_commands(rows: list[Row], seeds: list[int], extra: dict, params_file: 
                 validate(merge(params, overrides))
             except ConfigError as err:
                 raise ConfigError(f"ablation row {row.name!r} (seed {seed}): {err}") from None
-            commands.append(exp_run_command(overrides, ["--queue", "-n", experiment_name(row.name, seed)]))
+            command = exp_run_command(overrides, ["--queue", "-n", experiment_name(row.name, seed)])
+            commands.append([dvc(), *command[1:]])
     return commands
 
 
@@ -78,7 +87,7 @@ def queue_active(status_text: str) -> int:
 def wait_for_queue(poll_seconds: float = 30.0) -> None:
     """Block until DVC's experiment queue holds nothing queued or running; print progress."""
     while True:
-        status = subprocess.run(["dvc", "queue", "status"], capture_output=True, text=True, check=True).stdout
+        status = subprocess.run([dvc(), "queue", "status"], capture_output=True, text=True, check=True).stdout
         active = queue_active(status)
         print(f"[ablation] {time.strftime('%H:%M:%S')}: {active} experiments queued or running", flush=True)
         if active == 0:
