@@ -1,7 +1,7 @@
 """Wall time of the default pipeline end to end (`dvc repro` in a fresh copy), per stage, and
 whether two runs give the same numbers.
 
-    python benchmarks/repro_time.py            # one run (~5-6 minutes on 2 idle cores)
+    python benchmarks/repro_time.py            # one run (~8 minutes on 2 idle cores)
     python benchmarks/repro_time.py --runs 2   # two fresh copies; compares every metrics/*.json
     python benchmarks/repro_time.py --compare metrics   # one run, compared with this tree's metrics/
 

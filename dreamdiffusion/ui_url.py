@@ -24,11 +24,11 @@ def ui_url(port: int, experiment_id: str | None) -> str:
 
 def experiment_id(root: Path, name: str) -> str | None:
     """The id of experiment `name` in the project's MLflow store; None before any stage has run."""
-    if not (root / "mlflow.db").exists():
+    from .tracking import DB_NAME, tracking_uri
+
+    if not (root / DB_NAME).exists():
         return None
     from mlflow.tracking import MlflowClient
-
-    from .tracking import tracking_uri
 
     experiment = MlflowClient(tracking_uri(root)).get_experiment_by_name(name)
     return experiment.experiment_id if experiment else None

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from dreamdiffusion.nested import merge_nested
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -22,12 +24,7 @@ TINY = {
 }
 
 
-def merge(base: dict, override: dict) -> dict:
-    """Recursively update `base` with `override` (a new dict)."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
+merge = merge_nested  # recursively update a params dict with overrides (a new dict)
 
 
 def project_files() -> list[str]:

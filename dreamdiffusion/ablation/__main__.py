@@ -19,8 +19,8 @@ def queue(args) -> int:
     """Queue every selected row x seed (nothing is queued when one of them does not validate)."""
     commands = queue_commands(select_rows(args.rows), args.seeds, parse_sets(args.set), args.params)
     for command in commands:
-        print(" ".join(["dvc", *command[1:]]), flush=True)
-        if not args.dry_run and subprocess.run(command).returncode != 0:
+        print(" ".join(command), flush=True)
+        if not args.dry_run and subprocess.run([dvc(), *command[1:]]).returncode != 0:
             return 1
     print(f"[ablation] {len(commands)} experiments {'to queue' if args.dry_run else 'queued'}; "
           f"next: python -m dreamdiffusion.ablation run -j N")

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from ..config import ConfigError
+from ..nested import merge_nested
 from ..presets import merge, validate
 from ..presets.__main__ import exp_run_command
 from . import ROWS, Row, experiment_name
@@ -38,19 +39,9 @@ def parse_sets(sets: list[str]) -> dict:
     return out
 
 
-def deep_merge(*layers: dict) -> dict:
-    """Nested dicts merged left to right (later layers win; lists and scalars replace)."""
-    out: dict = {}
-    for layer in layers:
-        for key, value in layer.items():
-            both = isinstance(value, dict) and isinstance(out.get(key), dict)
-            out[key] = deep_merge(out[key], value) if both else value
-    return out
-
-
 def row_overrides(row: Row, seed: int, extra: dict) -> dict:
     """Everything one experiment sets: the row, the user's --set, the seed."""
-    return deep_merge(row.overrides, extra, {"seed": seed})
+    return merge_nested(merge_nested(row.overrides, extra), {"seed": seed})
 
 
 def queue_commands(rows: list[Row], seeds: list[int], extra: dict, params_file: Path) -> list[list[str]]:
@@ -65,8 +56,7 @@ def queue_commands(rows: list[Row], seeds: list[int], extra: dict, params_file: 
                 validate(merge(params, overrides))
             except ConfigError as err:
                 raise ConfigError(f"ablation row {row.name!r} (seed {seed}): {err}") from None
-            command = exp_run_command(overrides, ["--queue", "-n", experiment_name(row.name, seed)])
-            commands.append([dvc(), *command[1:]])
+            commands.append(exp_run_command(overrides, ["--queue", "-n", experiment_name(row.name, seed)]))
     return commands
 
 

@@ -26,7 +26,6 @@ class Run:
 
     row: str
     seed: int
-    name: str
     timestamp: str
     metrics: dict[str, float]
     changed: dict[str, object]  # dotted params that differ from the baseline commit's params.yaml
@@ -73,7 +72,7 @@ def collect(payload: list[dict]) -> list[Run]:
                     continue
                 data = rev.get("data") or {}
                 changed = {key: value for key, value in _params(data).items() if base.get(key) != value}
-                run = Run(*parsed, rev["name"], data.get("timestamp") or "", _metrics(data), changed)
+                run = Run(*parsed, data.get("timestamp") or "", _metrics(data), changed)
                 if parsed not in newest or run.timestamp > newest[parsed].timestamp:
                     newest[parsed] = run
     return sorted(newest.values(), key=lambda run: (run.row, run.seed))
@@ -126,7 +125,7 @@ def _cell(value: tuple[float, float]) -> str:
 
 
 def common_settings(runs: list[Run]) -> dict[str, object]:
-    """Params every run changed the same way (the ablation base and --set), seed excluded."""
+    """Params every run changed the same way (what `queue --set` gave every row), seed excluded."""
     common = dict(runs[0].changed) if runs else {}
     for run in runs[1:]:
         common = {key: value for key, value in common.items() if run.changed.get(key, object()) == value}

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from ..config import UniqueKeyLoader, parse_config, to_dict
 from ..data.processed import ImageSet, load_images, read_processed
 from ..io import MANIFEST, DataError, atomic_path, sha256_file, verify_manifest, write_manifest
+from ..nested import merge_nested
 from .config import FoundationConfig, check_demo_image_size
 
 RELEASE = "release.json"
@@ -47,21 +48,13 @@ TINY = {
 }
 
 
-def merge(base: dict, override: dict) -> dict:
-    """Recursively update `base` with `override` (a new dict)."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(base.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
-
-
 def release_settings(params: Path, tiny: bool) -> tuple[FoundationConfig, int]:
     """The demo foundation config (forced to `source: demo`) and the seed of a params file."""
     try:
         document = yaml.load(params.read_text(), Loader=UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise DataError(f"{params}: params file not found") from None
-    section = merge(document.get("foundation") or {}, TINY if tiny else {})
+    section = merge_nested(document.get("foundation") or {}, TINY if tiny else {})
     section["source"] = "demo"  # the release trains the demo models, whatever params.yaml loads
     return parse_config(FoundationConfig, section, "foundation"), int(document.get("seed", 0))
 
