@@ -55,7 +55,7 @@ def run_stage(name: str, spec: dict[str, Any], body: Callable[[dict, Callable], 
         tracking = params["tracking"] if is_main_process() else dataclasses.replace(params["tracking"], enabled=False)
         execution = stage_execution(params_file) if tracking.enabled else None
         with stage_run(name, tracking, {k: _plain(v) for k, v in params.items()}, project_root(), execution) as run:
-            result = body(params, lambda metrics, step: run.log_metrics(metrics, step=step))
+            result = body(params, lambda metrics, step: run.log_metrics(metrics, step=step, buffered=True))
             if result is not None:  # the main process: it wrote the outputs
                 headline_metrics(name, run)
                 run.log_datasets([(Path(path), context) for path, context in datasets])

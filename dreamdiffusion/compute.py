@@ -31,6 +31,9 @@ class ComputeConfig:
     attention: str = param("sdpa", choices=["sdpa", "math"], help="fused SDPA or plain softmax(QK^T)V attention")
     gradient_checkpointing: bool = param(False, help="recompute activations in backward (less memory, slower)")
     compile: bool = param(False, help="torch.compile the trained modules (GPU)")
+    preload_mib: int = param(2048, min=0, help="pretrain/finetune: EEG arrays up to this size are read into memory "
+                             "once (fast epochs); larger ones are read from disk per item (flat memory)",
+                             run_key=False)
 
     def __post_init__(self):
         if self.accelerate_config is not None and not self.accelerate_config.strip():
@@ -73,13 +76,13 @@ def accelerator_kwargs(config: ComputeConfig, mixed_precision: str, section: str
 
 def set_attention(module: torch.nn.Module, kind: str) -> None:
     """Switch every attention layer of `module` (ours, which have a `fused` flag, and diffusers') to
-    fused SDPA or plain math."""
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
+    fused SDPA or plain math (diffusers is imported only for a diffusers model: ~2.5 s)."""
     for layer in module.modules():
         if isinstance(getattr(layer, "fused", None), bool):
             layer.fused = kind == "sdpa"
     if hasattr(module, "set_attn_processor"):
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
         module.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
 
 

@@ -32,7 +32,8 @@ class GenerateConfig:
     guidance: float = param(3.0, min=1.0, help="classifier-free guidance scale (1 = none, as the paper)")
     batch_size: int = param(64, min=1, help="images per sampling batch (UNet)")
     decode_batch_size: int = param(16, min=1, help="latents per VAE decode call (the memory peak at 512 px)")
-    mixed_precision: str = param("fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype (bf16/fp16 on a GPU)")
+    mixed_precision: str = param("bf16", choices=["fp32", "bf16", "fp16"],
+                                 help="autocast dtype while sampling (fp16: GPU only; bf16 is fast on CPUs with AMX)")
     control_samples: int = param(1, min=0, help="images per trial from ANOTHER trial's EEG (0 = no control)")
     control_pairing: str = param("image", choices=["image", "class"],
                                  help="the partner trial shows another image (null: chance) or another class")

@@ -339,3 +339,27 @@ def test_fp16_on_cpu_is_refused_not_silently_fp32():
 
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         train(dataclasses.replace(CONFIG, mixed_precision="fp16"), make_corpus(), 0, None)
+
+
+@pytest.mark.parametrize("preload_mib", [0, 1])
+def test_preloaded_and_on_disk_windows_train_the_same_model(tmp_path, preload_mib):
+    """compute.preload_mib reads the corpus into memory once (it fits in 1 MiB here) or leaves it on disk
+    (0): the loaders then hold a numpy array or the on-disk view, and training is bit-identical."""
+    from dreamdiffusion.compute import ComputeConfig
+    from dreamdiffusion.data.processed import H5Array, load_corpus, preload
+    from dreamdiffusion.mae.train import make_loaders
+
+    corpus = make_corpus()
+    write_h5(tmp_path / "corpus.h5", {"eeg": corpus.eeg, "recording": corpus.recording,
+                                      "recordings": corpus.recordings, "sources": corpus.sources})
+    on_disk = load_corpus(tmp_path / "corpus.h5")
+    loaded = preload(on_disk.eeg, preload_mib)
+    assert isinstance(loaded, np.ndarray if preload_mib else H5Array)
+    np.testing.assert_array_equal(np.asarray(loaded), corpus.eeg)
+    train_loader, _ = make_loaders(on_disk, np.arange(48), np.arange(48, 64), 8, 0, preload_mib)
+    assert isinstance(train_loader.dataset.eeg, np.ndarray if preload_mib else H5Array)
+    config = dataclasses.replace(CONFIG, epochs=2)
+    reference = weights_of(train(config, corpus, 0, compute=ComputeConfig(threads=1)))
+    result = train(config, on_disk, 0, compute=ComputeConfig(threads=1, preload_mib=preload_mib))
+    for key, value in weights_of(result).items():
+        assert torch.equal(value, reference[key]), key

@@ -52,6 +52,70 @@ def test_stage_run_records_tags_params_metrics_artifacts(tmp_path, monkeypatch):
     assert (tmp_path / "mlruns").is_dir() and (tmp_path / "mlflow.db").is_file()
 
 
+def test_buffered_step_metrics_are_batched_and_all_written(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    calls = []
+    with stage_run("pretrain", TrackingConfig(experiment="b"), {}, tmp_path) as run:
+        run.wait_open()
+        log_batch = run.client.log_batch
+        monkeypatch.setattr(run.client, "log_batch", lambda *a, **k: calls.append(len(k.get("metrics", []))) or
+                            log_batch(*a, **k))
+        for step in range(1200):
+            run.log_metrics({"loss": 1.0 / (step + 1), "lr": 0.1}, step=step, buffered=True)
+        assert calls == [1000, 1000]  # flushed at FLUSH_ITEMS, not once per step
+        run.log_metrics({"val_loss": 0.5}, step=1)  # unbuffered: written now, with what was pending
+        assert calls[-1] == 401
+    client, (found,) = runs(tmp_path, "b")
+    history = client.get_metric_history(found.info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1200))
+    assert len(client.get_metric_history(found.info.run_id, "lr")) == 1200
+
+
+def test_the_stage_works_while_its_run_opens_and_the_run_starts_when_the_stage_did(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from dreamdiffusion import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    release, real_open = threading.Event(), tracking.open_run
+    monkeypatch.setattr(tracking, "open_run", lambda *a: release.wait(60) and real_open(*a))
+    entered = time.time()
+    with stage_run("pretrain", TrackingConfig(experiment="bg"), {"pretrain": {"epochs": 2}}, tmp_path) as run:
+        assert run.client is None  # still opening: the stage body is already running
+        run.log_metrics({"loss": 1.5}, step=0, buffered=True)  # kept, does not wait
+        time.sleep(0.2)
+        release.set()
+    client, (found,) = runs(tmp_path, "bg")
+    assert found.info.status == "FINISHED" and found.data.metrics == {"loss": 1.5}
+    assert found.data.params == {"pretrain.epochs": "2"}
+    assert abs(found.info.start_time / 1000 - entered) < 0.15  # not the (later) time the open finished
+
+
+def test_a_run_that_cannot_open_fails_the_stage_with_the_store_error(tmp_path, monkeypatch):
+    from dreamdiffusion import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def broken(*args):
+        raise RuntimeError("mlflow.db: file is not a database")
+
+    monkeypatch.setattr(tracking, "open_run", broken)
+    with pytest.raises(RuntimeError, match="not a database"):
+        with stage_run("x", TrackingConfig(experiment="broken"), {}, tmp_path) as run:
+            run.log_metrics({"loss": 1.0}, step=0, buffered=True)
+
+
+def test_buffered_metrics_are_written_when_the_stage_fails(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(RuntimeError):
+        with stage_run("x", TrackingConfig(experiment="bf"), {}, tmp_path) as run:
+            run.log_metrics({"loss": 2.0}, step=3, buffered=True)
+            raise RuntimeError("boom")
+    client, (found,) = runs(tmp_path, "bf")
+    assert found.info.status == "FAILED" and found.data.metrics == {"loss": 2.0}
+
+
 def test_failed_stage_marks_run_failed(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(RuntimeError):

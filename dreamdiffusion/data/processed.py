@@ -33,6 +33,7 @@ EEG-only change rewrites images.h5 byte for byte and DVC does not re-run `founda
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,15 @@ def read_processed(loader, path: str | Path, **kwargs):
         from ..io import DataError
 
         raise DataError(f"{path}: cannot read ({err}); run the `preprocess` stage first") from None
+
+
+def preload(array, max_mib: float):
+    """`array` read into memory when it takes at most `max_mib` MiB, else unchanged. Training reads
+    every row once per epoch; from memory that is free, from eeg.h5 / corpus.h5 each row is a
+    checksummed chunk read (~0.6 ms for a 128 x 512 window on 2 cores)."""
+    if not isinstance(array, H5Array) or math.prod(array.shape) * array.dtype.itemsize > max_mib * 2**20:
+        return array
+    return array[:]
 
 
 def take(array, rows):

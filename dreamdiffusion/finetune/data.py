@@ -1,8 +1,9 @@
-"""Fine-tuning data that does not grow with the number of trials.
+"""Fine-tuning data: in memory when it is small, read from disk per item when it is not.
 
 Each distinct image is encoded once (VAE posterior mean/std, unit CLIP image embedding), in
-batches, into an HDF5 file keyed by the models and the images it was computed from; a trial is
-read from eeg.h5 and that file when its batch is drawn. No per-trial copy of an image exists.
+batches, into an HDF5 file keyed by the models and the images it was computed from. A trial's EEG
+and features come from eeg.h5 and that file, read into memory first when each array fits under
+`compute.preload_mib`, else read when its batch is drawn. No per-trial copy of an image exists.
 
     features.h5
         rows          int64   [U]             rows of images.h5, sorted
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..data.processed import H5Writer
+from ..data.processed import H5Array, H5Writer, preload
 from ..foundation.images import to_float_images
 from ..io import DataError, atomic_path, sha256_file
 
@@ -76,30 +77,30 @@ def cached_features(cache_dir: Path, key: str, write) -> Path:
 class PairedTrials(Dataset):
     """Trial i -> (trial id, EEG (128, L), latent mean, latent std (c, h, w), CLIP target (E,), label).
 
-    `eeg` may be an on-disk array (read per item); image features come from a features file."""
+    `eeg` and the features are read into memory when each takes at most `preload_mib` MiB, else
+    read from disk per item."""
 
-    def __init__(self, eeg, trial: np.ndarray, image_index: np.ndarray, label: np.ndarray, features: Path):
-        self.eeg, self.trial, self.label, self.features = eeg, np.asarray(trial), np.asarray(label), Path(features)
+    FEATURE_KEYS = ("latent_mean", "latent_std", "clip")
+
+    def __init__(self, eeg, trial: np.ndarray, image_index: np.ndarray, label: np.ndarray, features: Path,
+                 preload_mib: float = 0):
+        self.trial, self.label, self.features = np.asarray(trial), np.asarray(label), Path(features)
         with h5py.File(self.features, "r") as h5:
             cached = h5["rows"][()]
         position = np.searchsorted(cached, image_index)
         if (position >= len(cached)).any() or (cached[np.minimum(position, len(cached) - 1)] != image_index).any():
             raise DataError(f"{self.features}: lacks features of some images of these trials")
-        self.position, self._file = position, None
+        self.position, self.eeg = position, preload(eeg, preload_mib)
+        self.arrays = [preload(H5Array(self.features, key), preload_mib) for key in self.FEATURE_KEYS]
 
     def __len__(self) -> int:
         return len(self.trial)
 
     def __getitem__(self, i: int):
-        if self._file is None:
-            self._file = h5py.File(self.features, "r")
         row = int(self.position[i])
-        item = [torch.from_numpy(np.asarray(self._file[key][row])) for key in ("latent_mean", "latent_std", "clip")]
+        item = [torch.from_numpy(np.asarray(array[row])) for array in self.arrays]
         eeg = torch.from_numpy(np.ascontiguousarray(self.eeg[i], dtype=np.float32))
         return int(self.trial[i]), eeg, *item, int(self.label[i])
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_file": None}
 
 
 @dataclass
@@ -113,16 +114,17 @@ class FinetuneData:
     probe_true: np.ndarray
 
 
-def finetune_data(paired, features: Path, image_set, foundation, config) -> FinetuneData:
-    """Train/val trial sets over `features`, and the `config.val_trials` val trials (evenly spaced)
-    that validation generates from, with the judge's class of their ground-truth images."""
+def finetune_data(paired, features: Path, image_set, foundation, config, preload_mib: float = 0) -> FinetuneData:
+    """Train/val trial sets over `features` (in memory up to `preload_mib` MiB per array), and the
+    `config.val_trials` val trials (evenly spaced) that validation generates from, with the judge's
+    class of their ground-truth images."""
     from ..data.processed import take
     from ..evaluation import true_classes_from
     from ..foundation.judge import predict
 
     def trials(rows):
         return PairedTrials(take(paired.eeg, rows), paired.trial[rows], paired.image_index[rows], paired.label[rows],
-                            features)
+                            features, preload_mib)
 
     train, val = paired.subset("train"), paired.subset("val")
     if len(val) == 0:

@@ -57,7 +57,7 @@ class FinetuneConfig:
     ema_decay: float = param(0.0, min=0.0, max=1.0, help="0 = no EMA")
     encode_batch_size: int = param(64, min=1, help="images per VAE/CLIP batch when encoding the images once", run_key=False)
     val_batch_size: int = param(32, min=1, help="trials per batch in validation (losses, generation, judge)", run_key=False)
-    val_every: int = param(6, min=1)
+    val_every: int = param(12, min=1)
     val_trials: int = param(60, min=1, help="val trials generated for the quick n-way accuracy")
     val_steps: int = param(10, min=1)
     val_guidance: float = param(3.0, min=1.0)

@@ -91,6 +91,8 @@ class SampleConfig:
     per_class: int = param(10, min=1, help="images generated per class caption")
     grid_per_class: int = param(4, min=1, help="images per class in the PNG grids")
     batch_size: int = param(100, min=1, help="images per UNet/VAE/judge/CLIP batch in the self-evaluation")
+    mixed_precision: str = param("bf16", choices=["fp32", "bf16", "fp16"],
+                                 help="autocast dtype of the caption-to-image sampling (fp16: GPU only)")
 
 
 @dataclass(frozen=True)

@@ -85,8 +85,11 @@ def measure_foundation(foundation, images: ImageSet, cfg: SampleConfig, seed: in
     per_class = cfg.per_class if judge_metrics else cfg.grid_per_class
     targets = np.repeat(np.arange(num_classes), per_class)
     embeds = foundation.caption_embeds[torch.from_numpy(targets)]
-    generated = images_from_captions(foundation.pipeline(), embeds, foundation.null_embeds, cfg.guidance_scale,
-                         cfg.inference_steps, seed, cfg.batch_size)
+    pipe = foundation.pipeline()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    with torch.autocast(pipe.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        generated = images_from_captions(pipe, embeds, foundation.null_embeds, cfg.guidance_scale, cfg.inference_steps,
+                                         seed, cfg.batch_size)
     rows = [generated[targets == c][: cfg.grid_per_class] for c in range(num_classes)]
     figures["captions"] = image_grid(rows, [c[:40] for c in images.captions])
     if judge_metrics:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..compute import ComputeConfig, accelerator_kwargs, apply_threads, prepare_module
 from ..config import param
-from ..data.processed import Corpus
+from ..data.processed import Corpus, preload
 from ..io import DataError
 from ..training import Checkpoints, History, run_epochs
 from .engine import lr_at, masked_mse, train_one_epoch
@@ -147,14 +147,17 @@ class CorpusWindows(Dataset):
         return torch.from_numpy(np.ascontiguousarray(self.eeg[row], dtype=np.float32)), row
 
 
-def make_loaders(corpus: Corpus, train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int, seed: int):
-    """Training loader (seeded per-epoch shuffle, full batches) and val loader (in order)."""
-    train_set = CorpusWindows(corpus.eeg, train_idx)
+def make_loaders(corpus: Corpus, train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int, seed: int,
+                 preload_mib: float = 0):
+    """Training loader (seeded per-epoch shuffle, full batches) and val loader (in order); the
+    windows are read into memory first when they take at most `preload_mib` MiB."""
+    eeg = preload(corpus.eeg, preload_mib)
+    train_set = CorpusWindows(eeg, train_idx)
     if len(train_set) < batch_size:
         raise DataError(f"corpus: {len(train_set)} training windows, fewer than one batch of {batch_size}")
     train_loader = DataLoader(train_set, batch_size=batch_size, sampler=EpochShuffle(len(train_set), seed),
                               drop_last=True)
-    val_loader = DataLoader(CorpusWindows(corpus.eeg, val_idx), batch_size=batch_size)
+    val_loader = DataLoader(CorpusWindows(eeg, val_idx), batch_size=batch_size)
     return train_loader, val_loader
 
 
@@ -171,7 +174,7 @@ def train(config: PretrainConfig, corpus: Corpus, seed: int, resume_root: Path |
     model_config = config.resolved_model()
     check_corpus(corpus, model_config)
     train_idx, val_idx = training_windows(corpus, config, seed)
-    train_loader, val_loader = make_loaders(corpus, train_idx, val_idx, config.batch_size, seed)
+    train_loader, val_loader = make_loaders(corpus, train_idx, val_idx, config.batch_size, seed, compute.preload_mib)
     set_seed(seed)
     model = prepare_module(MaskedAutoencoder(model_config), compute)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
