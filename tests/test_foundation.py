@@ -178,6 +178,27 @@ def test_build_foundation_metrics_and_figures(images, tmp_path):
     assert figures["captions"].height > 3 * 16 and figures["recon"].width >= 6 * 16
 
 
+def test_sampling_precision_changes_caption_images_and_fp16_on_the_cpu_is_refused(demo, images, tmp_path):
+    """foundation.sample.mixed_precision is applied to the caption-to-image sampling (bf16 images differ
+    from fp32 ones, slightly), and fp16 on the CPU is refused with the key named."""
+    import dataclasses
+
+    from dreamdiffusion.compute import ComputeConfig
+    from dreamdiffusion.foundation.build import FoundationPaths, run
+    from dreamdiffusion.foundation.evaluate import measure_foundation
+
+    foundation, cfg = load_foundation(demo[0]), tiny_config().sample
+    figures = [measure_foundation(foundation, images, dataclasses.replace(cfg, mixed_precision=mp), 0)[1]["captions"]
+               for mp in ("fp32", "bf16", "fp32")]
+    pixels = [np.asarray(f, dtype=np.int16) for f in figures]
+    assert np.array_equal(pixels[0], pixels[2]) and not np.array_equal(pixels[0], pixels[1])
+    assert np.abs(pixels[0] - pixels[1]).mean() < 20  # the same images, at a lower precision
+    config = dataclasses.replace(tiny_config(), sample=dataclasses.replace(cfg, mixed_precision="fp16"))
+    paths = FoundationPaths(*(tmp_path / name for name in ("images.h5", "models", "m.json", "r.png", "c.png")))
+    with pytest.raises(ConfigError, match="foundation.sample.mixed_precision: fp16 needs a GPU"):
+        run(config, paths, 0, ComputeConfig(device="cpu"))
+
+
 def test_resnet_clip_round_trip(tmp_path):
     """The default image tower (CLIP's ModifiedResNet) trains, saves and reloads identically."""
     cfg = tiny_config(clip={**TINY["clip"], "vision": "resnet", "vision_width": 8}).clip

@@ -81,18 +81,18 @@ def finetune_one_epoch(models: Models, loader, optimizer, accelerator, config, s
     models.conditioner.train()
     models.unet.train()
     time_cond = TimeConditioning(accelerator.unwrap_model(models.unet))
-    sums, count = {}, 0
+    sums, count, trainable = {}, 0, models.trainable()  # listed once: the UNet has hundreds of tensors
     desc = f"finetune epoch {epoch + 1}/{config.epochs}"
     for batch in progress(loader, desc=desc, leave=False, disable=not accelerator.is_main_process):
         with accelerator.autocast():
             out = losses(models, batch, config, time_cond, seed, epoch)
         accelerator.backward(out["loss"])
         if config.clip_grad:
-            accelerator.clip_grad_norm_(models.trainable(), config.clip_grad)
+            accelerator.clip_grad_norm_(trainable, config.clip_grad)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
-            ema.step(models.trainable())
+            ema.step(trainable)
         values = {k: float(accelerator.reduce(v.detach(), "mean")) for k, v in out.items()}
         sums = {k: sums.get(k, 0.0) + v for k, v in values.items()}
         count += 1
