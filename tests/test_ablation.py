@@ -111,6 +111,18 @@ def test_queue_dry_run_names_each_row_and_seed(capsys):
     assert "-S pretrain.model.mask_ratio=0.25 " in commands[1] and "-S seed=3 " in commands[1]
 
 
+def test_a_row_keeps_what_defines_it_whatever_is_set_for_all_rows(capsys):
+    """--set applies to every row, but not to the keys a row changes: the no-alignment row keeps zero
+    alignment weights and no alignment-only epochs (every epoch trains on the diffusion loss)."""
+    assert main(["queue", "--dry-run", "--rows", "full", "no-alignment", "--seeds", "0", "--set", "finetune.epochs=9",
+                 "finetune.align_epochs=8", "finetune.clip_weight=0.5"]) == 0
+    full, no_alignment = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dvc exp run")]
+    assert "-S finetune.align_epochs=8 " in full and "-S finetune.clip_weight=0.5 " in full
+    for key in ("align_epochs=0", "clip_weight=0.0", "caption_weight=0.0", "epochs=9"):
+        assert f"-S finetune.{key} " in no_alignment, key
+    assert "align_epochs=8" not in no_alignment and "clip_weight=0.5" not in no_alignment
+
+
 @pytest.mark.parametrize("argv, culprit", [
     (["--rows", "no-such-row"], "no-such-row"),
     (["--set", "finetune.epoch=4"], "finetune.epoch"),          # a typo'd key

@@ -133,6 +133,9 @@ def test_alignment_epochs_train_the_conditioner_alone_then_the_unet_joins(world)
     assert any(not torch.equal(p, cond_before[n]) for n, p in one.models.conditioner.named_parameters())
     with pytest.raises(ConfigError, match="align_epochs 2 must be below finetune.epochs 2"):
         parse_config(FinetuneConfig, {"epochs": 2, "align_epochs": 2}, "finetune")
+    with pytest.raises(ConfigError, match="align_epochs 1 with clip_weight and caption_weight both 0"):
+        parse_config(FinetuneConfig, {"epochs": 2, "align_epochs": 1, "clip_weight": 0, "caption_weight": 0}, "finetune")
+    parse_config(FinetuneConfig, {"epochs": 2, "align_epochs": 1, "clip_weight": 0}, "finetune")  # the caption loss aligns
 
 
 def test_val_selection_keeps_the_best_epoch():

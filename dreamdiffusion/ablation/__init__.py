@@ -24,8 +24,9 @@ class Row:
 
 
 # The rows change params.yaml's recipe (ours). Its alignment is two losses: the paper's CLIP loss and
-# the class-caption loss (beyond the paper), so "no alignment" (the paper's "no CLIP") drops both.
-NO_ALIGNMENT = {"clip_weight": 0.0, "caption_weight": 0.0}
+# the class-caption loss (beyond the paper), so "no alignment" (the paper's "no CLIP") drops both, and
+# with them the alignment-only epochs: every epoch trains on the diffusion loss, as the paper's row does.
+NO_ALIGNMENT = {"clip_weight": 0.0, "caption_weight": 0.0, "align_epochs": 0}
 
 ROWS = [
     Row("full", "pretrained encoder, CLIP + caption alignment, mask 0.75, encoder + cross-attention tuned", {}, 45.8),

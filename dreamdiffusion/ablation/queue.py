@@ -40,8 +40,8 @@ def parse_sets(sets: list[str]) -> dict:
 
 
 def row_overrides(row: Row, seed: int, extra: dict) -> dict:
-    """Everything one experiment sets: the row, the user's --set, the seed."""
-    return merge_nested(merge_nested(row.overrides, extra), {"seed": seed})
+    """Everything one experiment sets: the user's --set, then the row (what defines it wins), the seed."""
+    return merge_nested(merge_nested(extra, row.overrides), {"seed": seed})
 
 
 def queue_commands(rows: list[Row], seeds: list[int], extra: dict, params_file: Path) -> list[list[str]]:

@@ -71,6 +71,9 @@ class FinetuneConfig:
     def __post_init__(self):
         if not self.train_encoder and self.encoder_init == "random" and self.train_unet == "none":
             raise ConfigError("nothing would learn the EEG: train_encoder false, encoder_init random, train_unet none")
+        if self.align_epochs and not (self.clip_weight or self.caption_weight):
+            raise ConfigError(f"finetune.align_epochs {self.align_epochs} with clip_weight and caption_weight both 0: "
+                              "those epochs would train nothing; set align_epochs: 0")
         if self.align_epochs >= self.epochs:
             raise ConfigError(f"finetune.align_epochs {self.align_epochs} must be below finetune.epochs {self.epochs}: "
                               "the last epochs need the diffusion loss")
