@@ -143,17 +143,30 @@ def world(tmp_path_factory) -> Path:
 def killed(world, tmp_path_factory) -> Path:
     """A copy of the world in which a tracked `download` was killed (SIGKILL) while writing data/raw."""
     repo = copy_project(world, tmp_path_factory.mktemp("killed") / "repo")
-    set_params(repo, {"tracking": {"enabled": True}})
+    # a world big enough that download is still writing when its MLflow run (opened in a thread) exists
+    set_params(repo, {"tracking": {"enabled": True},
+                      "download": {"synthetic": {"classes": 10, "images_per_class": 40, "subjects": 4}}})
     proc = subprocess.Popen([sys.executable, "stages/download.py"], cwd=repo, env=environment(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not list((repo / "data").glob(".raw.*")):
+    while not (list((repo / "data").glob(".raw.*")) and download_run_open(repo)):  # the run opens in a thread
         assert proc.poll() is None, f"download ended ({proc.returncode}) before it could be killed"
         assert time.monotonic() < deadline, "download never started writing data/raw"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return repo
+
+
+def download_run_open(repo: Path) -> bool:
+    """Whether `download`'s MLflow run is in the project's store, RUNNING."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{repo / 'mlflow.db'}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT count(*) FROM runs WHERE name = 'download' AND status = 'RUNNING'").fetchone()[0] > 0
+    except sqlite3.Error:  # not created yet
+        return False
 
 
 def live_process(request) -> int:

@@ -79,7 +79,10 @@ def test_one_image_regenerates_alone_from_its_seed(repo):
     test = load_paired_eeg(repo / "data/processed/eeg.h5", splits=("test",))
     eeg = torch.from_numpy(test.eeg[list(test.trial).index(int(row["eeg_trial"]))][None])
     generator = load_generator(repo / "models/finetune", repo / "models/foundation")
-    image = to_uint8(generator.images(eeg, [int(row["seed"])], "ddim", 2, 3.0))[0]
+    precision = yaml.safe_load((repo / "params.yaml").read_text())["generate"]["mixed_precision"]
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]  # as the stage sampled
+    with torch.autocast("cpu", dtype=dtype, enabled=precision != "fp32"):
+        image = to_uint8(generator.images(eeg, [int(row["seed"])], "ddim", 2, 3.0).float())[0]
     saved = np.asarray(Image.open(repo / "data/generated" / row["file"]))
     assert np.abs(image.astype(int) - saved.astype(int)).max() <= 1
 
