@@ -8,10 +8,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .compute import is_main_process, relaunch
+from .compute import ComputeConfig, compute_record, is_main_process, relaunch
 from .config import ConfigError, load_params, to_dict
-from .headline import HEADLINE, details_path, flatten_headline, metrics_path, write_headline
-from .io import DataError
+from .headline import FILE_STEMS, HEADLINE, details_path, flatten_headline, metrics_path, write_headline
+from .io import DataError, write_json
 from .results import StageResult
 from .tracking import project_root, stage_execution, stage_run
 
@@ -27,6 +27,16 @@ def peak_rss_mib() -> float:
 
 def _plain(value):
     return to_dict(value) if hasattr(value, "__dataclass_fields__") else value
+
+
+def record_compute(name: str, compute: ComputeConfig | None) -> None:
+    """Add what produced the numbers (device, CPU capability, precision used, threads) to the stage's details."""
+    import json
+
+    path = details_path(name) if name in FILE_STEMS else None
+    if path is not None and path.is_file():
+        details = json.loads(path.read_text())
+        write_json(path, {**details, "compute": compute_record(compute or ComputeConfig())})
 
 
 def headline_metrics(name: str, run) -> None:
@@ -57,6 +67,7 @@ def run_stage(name: str, spec: dict[str, Any], body: Callable[[dict, Callable], 
         with stage_run(name, tracking, {k: _plain(v) for k, v in params.items()}, project_root(), execution) as run:
             result = body(params, lambda metrics, step: run.log_metrics(metrics, step=step, buffered=True))
             if result is not None:  # the main process: it wrote the outputs
+                record_compute(name, params.get("compute"))
                 headline_metrics(name, run)
                 run.log_datasets([(Path(path), context) for path, context in datasets])
             result = result or StageResult()

@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
-from .config import ConfigError, param
+from .config import PRECISIONS, ConfigError, param  # noqa: F401  (PRECISIONS: re-exported)
 from .io import DataError
+from .kernels import PORTABLE
 
 LAUNCHED_ENV = "DREAMDIFFUSION_LAUNCHED"  # set in the processes `relaunch` starts
 
@@ -27,7 +29,11 @@ class ComputeConfig:
     device: str = param("auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available, else cpu")
     processes: int = param(1, min=1, help="pretrain/finetune: accelerate processes (one per GPU)")
     accelerate_config: str | None = param(None, help="accelerate config file (multi-node); null: this machine")
-    threads: int = param(0, min=0, help="torch CPU threads (0: one per core)")
+    cpu_kernels: str = param("portable", choices=["portable", "native"],
+                             help="portable: AVX2 kernels on every x86-64 CPU (the same numbers everywhere) | "
+                                  "native: each library's fastest (dreamdiffusion.kernels)")
+    threads: int = param(0, min=0, help="torch CPU threads (0: one per core not kept busy by another process)",
+                         run_key=False)
     attention: str = param("sdpa", choices=["sdpa", "math"], help="fused SDPA or plain softmax(QK^T)V attention")
     gradient_checkpointing: bool = param(False, help="recompute activations in backward (less memory, slower)")
     compile: bool = param(False, help="torch.compile the trained modules (GPU)")
@@ -53,25 +59,135 @@ def resolve_device(config: ComputeConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def apply_threads(config: ComputeConfig) -> None:
-    """Set torch's CPU thread count (0 keeps torch's default: one per core)."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+def _running_tasks_of_others() -> int:
+    """Threads of other processes in state R (running or runnable) now, from /proc/<pid>/task/*/stat."""
+    count, own = 0, os.getpid()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == own:
+            continue
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:  # gone, or not ours to read
+            continue
+        for task in tasks:
+            try:
+                stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+            except OSError:
+                continue
+            count += stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "R"
+    return count
+
+
+def other_runnable(samples: int = 5, interval: float = 0.02) -> int:
+    """Runnable threads of other processes: the median over a few looks at /proc (this process's own
+    threads, such as a background MLflow opener, do not count; 0 where there is no /proc, e.g. macOS)."""
+    import statistics
+    import time
+
+    if not Path("/proc/self/task").is_dir():
+        return 0
+    counts = []
+    for _ in range(samples):
+        counts.append(_running_tasks_of_others())
+        time.sleep(interval)
+    return int(statistics.median(counts))
+
+
+def auto_threads() -> int:
+    """One thread per core this process may use that no other process keeps busy (at least 1): thread
+    pools that spin while they wait run several times slower than their share on oversubscribed cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - other_runnable())
+
+
+def apply_threads(config: ComputeConfig) -> int:
+    """Set torch's CPU thread count: `threads`, or (0) `auto_threads()`; returns it. The count can change
+    the last bits of CPU results (reductions split per thread): pin it for bit-identical reruns."""
+    threads = config.threads or auto_threads()
+    torch.set_num_threads(threads)
+    return threads
+
+
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # a `mixed_precision` param -> autocast dtype
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which bf16 matmuls/convolutions are emulated
+_ONEDNN_EMULATED_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+EMULATED_BF16_SLOWDOWN = "~17-22x"  # the demo UNet, bf16 vs fp32 on AVX2-only x86 (README, "Speed on every CPU")
+USED_PRECISION: dict[str, str] = {}  # section -> the precision a stage resolved (recorded in its details)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+    return set(line.partition(":")[2].split())
+
+
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """(whether `device` runs bf16 matmuls and convolutions in hardware, why). On the CPU that takes
+    AVX-512 BF16 or AMX in the CPU *and* in the kernels torch and oneDNN are allowed to use
+    (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA); elsewhere bf16 is emulated, about 20x slower than fp32."""
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        return ok, f"CUDA device {'with' if ok else 'without'} native bf16"
+    capability = torch.backends.cpu.get_cpu_capability()
+    units = cpu_flags() & {"avx512_bf16", "amx_bf16"}
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if not units:
+        return False, f"CPU without AVX-512 BF16 or AMX (torch capability {capability})"
+    if "AVX512" not in capability and "AMX" not in capability:
+        return False, f"torch CPU capability {capability} (ATEN_CPU_CAPABILITY) below AVX-512"
+    if isa_cap in _ONEDNN_EMULATED_BF16:
+        return False, f"oneDNN capped at {isa_cap} (ONEDNN_MAX_CPU_ISA)"
+    return True, f"CPU with {' and '.join(sorted(units))}, torch capability {capability}"
+
+
+def resolve_precision(config: ComputeConfig, mixed_precision: str, section: str) -> str:
+    """The precision a stage's `mixed_precision` means on this machine: `auto` is bf16 where the device
+    runs it natively, else fp32; fp16 on the CPU is refused (accelerate would silently train in fp32);
+    an explicit bf16 that would be emulated runs, with a warning that names the cost."""
+    device = resolve_device(config)
+    if mixed_precision == "fp16" and device.type == "cpu":
+        raise ConfigError(f"{section}.mixed_precision: fp16 needs a GPU; use bf16, auto or fp32 on the CPU")
+    if mixed_precision in ("auto", "bf16"):
+        native, why = native_bf16(device)
+        if mixed_precision == "auto":
+            mixed_precision = "bf16" if native else "fp32"
+        elif not native:
+            warnings.warn(f"{section}.mixed_precision: bf16 is emulated here ({why}): expect it to run "
+                          f"{EMULATED_BF16_SLOWDOWN} slower than fp32; set fp32 or auto", stacklevel=2)
+    USED_PRECISION[section] = mixed_precision
+    return mixed_precision
 
 
 def autocast_dtype(config: ComputeConfig, mixed_precision: str, section: str) -> torch.dtype | None:
-    """The autocast dtype of a stage's `mixed_precision` (None: fp32); fp16 on the CPU is refused
-    (accelerate would silently train in fp32)."""
-    if mixed_precision == "fp16" and resolve_device(config).type == "cpu":
-        raise ConfigError(f"{section}.mixed_precision: fp16 needs a GPU; use bf16 or fp32 on the CPU")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    """The autocast dtype of a stage's `mixed_precision` on this machine (None: fp32); see resolve_precision."""
+    return PRECISION_DTYPES.get(resolve_precision(config, mixed_precision, section))
+
+
+def autocast(device_type: str, dtype: torch.dtype | None):
+    """torch.autocast to `dtype` on `device_type`; None (fp32) is a context that changes nothing."""
+    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def compute_record(config: ComputeConfig) -> dict:
+    """What produced a stage's numbers, for its details: device, torch CPU capability, CPU bf16 units,
+    the kernel caps set in the environment, threads, and the precision each part actually used."""
+    caps = {k: os.environ[k] for k in PORTABLE if k in os.environ}
+    device = resolve_device(config)
+    return {"device": str(device), "torch": torch.__version__, "cpu_kernels": config.cpu_kernels,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_bf16_units": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"}), "kernel_caps": caps,
+            "native_bf16": native_bf16(device)[0], "threads": torch.get_num_threads(),
+            "precision": dict(USED_PRECISION)}
 
 
 def accelerator_kwargs(config: ComputeConfig, mixed_precision: str, section: str) -> dict:
     """Keyword arguments for `accelerate.Accelerator` from the compute section and a stage's precision."""
-    autocast_dtype(config, mixed_precision, section)
-    return {"cpu": resolve_device(config).type == "cpu",
-            "mixed_precision": "no" if mixed_precision == "fp32" else mixed_precision}
+    precision = resolve_precision(config, mixed_precision, section)
+    return {"cpu": resolve_device(config).type == "cpu", "mixed_precision": "no" if precision == "fp32" else precision}
 
 
 def set_attention(module: torch.nn.Module, kind: str) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+PRECISIONS = ["fp32", "bf16", "fp16", "auto"]  # the choices of every stage's `mixed_precision` (dreamdiffusion.compute)
+
 
 class ConfigError(ValueError):
     """A params section does not match its typed config."""
@@ -170,12 +172,8 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def load_params(path: str | Path, spec: dict[str, Any]) -> dict[str, Any]:
-    """Read the sections named in `spec` from a params YAML file and type each one.
-
-    `spec` maps a top-level key to a dataclass (a section) or a plain type (a scalar such as
-    `seed`). Only those keys are returned: a stage cannot read what it did not declare.
-    """
+def load_params_document(path: str | Path) -> dict:
+    """The whole params file, untyped (duplicate keys refused); see `load_params`."""
     path = Path(path)
     try:
         with open(path) as handle:
@@ -184,6 +182,19 @@ def load_params(path: str | Path, spec: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(document).__name__}")
+    return document
+
+
+def load_params(path: str | Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """Read the sections named in `spec` from a params YAML file and type each one.
+
+    `spec` maps a top-level key to a dataclass (a section) or a plain type (a scalar such as
+    `seed`). Only those keys are returned: a stage cannot read what it did not declare.
+    """
+    path = Path(path)
+    document = load_params_document(path)
     out = {}
     for key, tp in spec.items():
         if dataclasses.is_dataclass(tp):

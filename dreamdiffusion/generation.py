@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import param
+from .compute import autocast
+from .config import PRECISIONS, param
 from .progress import progress
 from .results import StageResult
 
@@ -32,8 +33,9 @@ class GenerateConfig:
     guidance: float = param(3.0, min=1.0, help="classifier-free guidance scale (1 = none, as the paper)")
     batch_size: int = param(64, min=1, help="images per sampling batch (UNet)")
     decode_batch_size: int = param(16, min=1, help="latents per VAE decode call (the memory peak at 512 px)")
-    mixed_precision: str = param("bf16", choices=["fp32", "bf16", "fp16"],
-                                 help="autocast dtype while sampling (fp16: GPU only; bf16 is fast on CPUs with AMX)")
+    mixed_precision: str = param("fp32", choices=PRECISIONS,
+                                 help="autocast dtype while sampling: fp32 (the reported default, same numbers on "
+                                      "every CPU) | auto (bf16 where the hardware runs it natively) | bf16 | fp16 (GPU)")
     control_samples: int = param(1, min=0, help="images per trial from ANOTHER trial's EEG (0 = no control)")
     control_pairing: str = param("image", choices=["image", "class"],
                                  help="the partner trial shows another image (null: chance) or another class")
@@ -79,7 +81,7 @@ def generate_all(generator, eeg, records: list[dict], config: GenerateConfig, ou
     for start in progress(range(0, len(records), config.batch_size), desc="generate", unit="batch"):
         batch = records[start : start + config.batch_size]
         eeg_batch = torch.from_numpy(np.asarray(eeg[np.array([r["eeg_row"] for r in batch])], dtype=np.float32))
-        with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device_type, dtype):
             images = generator.images(eeg_batch, [r["seed"] for r in batch], config.scheduler, config.steps,
                                       config.guidance, config.decode_batch_size).float()
         for record, pixels in zip(batch, to_uint8(images)):
@@ -155,7 +157,7 @@ def control_partners(test, config: GenerateConfig, seed: int):
 
 def run(config: GenerateConfig, paths: GeneratePaths, seed: int, compute) -> StageResult:
     """The `generate` stage: every test trial's images, the control set, the index and the grids."""
-    from .compute import apply_threads, autocast_dtype, resolve_device
+    from .compute import apply_threads, autocast_dtype, compute_record, resolve_device
     from .data.processed import load_images, load_paired_eeg, read_processed
     from .finetune.load import load_generator
     from .io import DataError, atomic_path, write_json
@@ -173,7 +175,8 @@ def run(config: GenerateConfig, paths: GeneratePaths, seed: int, compute) -> Sta
     with atomic_path(paths.out) as tmp:
         generate_all(generator, test.eeg, records, config, tmp, dtype)
         write_index(records, tmp / "index.csv")
-        write_json(tmp / "generate.json", {"control_pairing": config.control_pairing, "control_skipped": skipped})
+        write_json(tmp / "generate.json", {"control_pairing": config.control_pairing, "control_skipped": skipped,
+                                           "compute": compute_record(compute)})
         write_grids(records, image_set.images, tmp, paths.overview, config.grid_trials, test.class_names)
     grids = [(path, "grids") for path in sorted((paths.out / "grids").glob("*.png"))]
     return StageResult({"images": sum(r["kind"] == "eeg" for r in records), "test_trials": len(test.eeg),

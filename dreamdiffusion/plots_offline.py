@@ -97,11 +97,27 @@ def index_html(pngs: list[Path]) -> str:
     return f"{head}\n<body>\n{figures}\n</body></html>\n"
 
 
-def write_plots(payload: dict, out: Path) -> list[Path]:
+def drawn_elsewhere(dvc_file: Path = Path("dvc.yaml")) -> set[str]:
+    """Data files the top-level plot definitions of dvc.yaml draw: their stage-level entries (DVC's
+    default rendering of the same file, kept as plot outputs so the run cache can restore them) are skipped."""
+    import yaml
+
+    if not dvc_file.is_file():
+        return set()
+    found = set()
+    for definition in yaml.safe_load(dvc_file.read_text()).get("plots", []):
+        for spec in definition.values():
+            y = spec.get("y", {}) if isinstance(spec, dict) else {}
+            found.update(y if isinstance(y, dict) else [])
+    return found
+
+
+def write_plots(payload: dict, out: Path, skip: set[str] = frozenset()) -> list[Path]:
     """Render every vega plot of `dvc plots ... --json` output into `out` with an index.html; return the PNGs."""
     out.mkdir(parents=True, exist_ok=True)
     pngs = [render(name, item["content"], out)
-            for name, items in payload.get("data", {}).items() for item in items if item.get("type") == "vega"]
+            for name, items in payload.get("data", {}).items() if name not in skip
+            for item in items if item.get("type") == "vega"]
     with atomic_path(out / "index.html") as tmp:
         tmp.write_text(index_html(pngs))
     return pngs
@@ -112,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("revisions", nargs="*", help="revisions or experiment names to compare (default: workspace)")
     parser.add_argument("--out", type=Path, default=Path("plots"))
     args = parser.parse_args(argv)
-    pngs = write_plots(dvc_plots_json(args.revisions), args.out)
+    pngs = write_plots(dvc_plots_json(args.revisions), args.out, drawn_elsewhere())
     print(f"{len(pngs)} plots in {args.out / 'index.html'}")
 
 

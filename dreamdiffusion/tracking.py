@@ -383,7 +383,7 @@ def stage_run(stage: str, config: TrackingConfig, params: dict, root: Path,
     try:
         yield handle
     except BaseException:
-        if handle._opening is not None or handle.client is not None:
+        if handle.enabled:
             with contextlib.suppress(Exception):  # the stage's own error is the one to report
                 handle.flush()
                 handle._write(end_run, handle.client, handle.run_id, handle.parent_id, "FAILED")

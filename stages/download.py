@@ -1,4 +1,5 @@
 """Stage `download`: fill data/raw/ from the synthetic world, local copies or URLs."""
+import _bootstrap  # noqa: F401  (first: this checkout's dreamdiffusion and CPU kernels, before torch loads)
 from pathlib import Path
 
 from dreamdiffusion.cli import run_stage

@@ -5,6 +5,7 @@ cache/image_features/ keyed by the foundation and the images (reused by later ru
 checkpoints live in checkpoints/finetune/<resume name>/ and are removed after a successful run
 unless `finetune.keep_checkpoints`. `compute.processes: N` trains on N processes (GPUs).
 """
+import _bootstrap  # noqa: F401  (first: this checkout's dreamdiffusion and CPU kernels, before torch loads)
 from pathlib import Path
 
 import dreamdiffusion.offline  # noqa: F401  (first: models load from models/ only, never from the hub)

@@ -2,6 +2,7 @@
 
 Reads only data/processed/images.h5 (train + extra images to train, val to measure; never test).
 """
+import _bootstrap  # noqa: F401  (first: this checkout's dreamdiffusion and CPU kernels, before torch loads)
 from pathlib import Path
 
 from dreamdiffusion.cli import run_stage

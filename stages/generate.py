@@ -1,4 +1,5 @@
 """Stage `generate`: images from every test EEG trial (+ a wrong-EEG control set), with grids."""
+import _bootstrap  # noqa: F401  (first: this checkout's dreamdiffusion and CPU kernels, before torch loads)
 from pathlib import Path
 
 import dreamdiffusion.offline  # noqa: F401  (first: models load from models/ only, never from the hub)

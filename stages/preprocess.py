@@ -1,4 +1,5 @@
 """Stage `preprocess`: data/raw/ -> data/processed/{images,eeg,corpus}.h5 + report and figure."""
+import _bootstrap  # noqa: F401  (first: this checkout's dreamdiffusion and CPU kernels, before torch loads)
 import dataclasses
 from pathlib import Path
 

@@ -6,6 +6,7 @@ reconstruction figure. Resume checkpoints live in checkpoints/pretrain/<resume n
 output, so a killed run resumes on the next `dvc repro`). `compute.processes: N` relaunches the
 stage under `accelerate launch`; only the main process writes outputs.
 """
+import _bootstrap  # noqa: F401  (first: this checkout's dreamdiffusion and CPU kernels, before torch loads)
 from pathlib import Path
 
 from dreamdiffusion.cli import run_stage

@@ -9,10 +9,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "dreamdiffusion"
+STAGE_HELPERS = {"_bootstrap"}  # modules beside the stage scripts that they import
 
 
 def module_file(name: str) -> Path | None:
     """The repository file of a dotted module name (package -> its __init__.py), or None."""
+    if name in STAGE_HELPERS:
+        return ROOT / "stages" / f"{name}.py"
     if name != PACKAGE and not name.startswith(PACKAGE + "."):
         return None
     base = ROOT / Path(*name.split("."))

@@ -197,7 +197,8 @@ def test_draws_are_keyed_by_trial_not_by_batch(world):
 def test_each_distinct_image_is_encoded_once(world):
     root, images = world
     models, data, foundation = make_models(world)
-    with h5py.File(data.train.features, "r") as h5:
+    assert data.val.features is data.train.features  # the features file is opened (and preloaded) once
+    with h5py.File(data.train.features.path, "r") as h5:
         rows = h5["rows"][()]
         assert len(rows) == len(np.unique(rows)) and h5["latent_mean"].shape[0] == len(rows)
         assert h5["latent_mean"].shape[1:] == (4, 4, 4) and h5["clip"].shape[1] == foundation.clip_embed_dim

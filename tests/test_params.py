@@ -74,3 +74,32 @@ def test_dataclass_defaults_are_params_yaml(section):
     """One source of defaults: a config built without params is the one params.yaml describes."""
     document = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert to_dict(section_configs()[section]()) == document[section]
+
+
+def test_a_stage_script_imports_the_package_of_its_own_checkout(tmp_path):
+    """A copy of the repository (a queued experiment's, say) runs its own `dreamdiffusion`, not the
+    editable install's checkout: stages/_bootstrap.py puts the copy first on sys.path."""
+    import shutil
+    import subprocess
+    import sys
+
+    (tmp_path / "stages").mkdir()
+    shutil.copy(ROOT / "stages/_bootstrap.py", tmp_path / "stages/_bootstrap.py")
+    shutil.copytree(ROOT / "dreamdiffusion", tmp_path / "dreamdiffusion")
+    (tmp_path / "dreamdiffusion/__init__.py").write_text("COPY = True\n")
+    (tmp_path / "stages/probe.py").write_text("import _bootstrap\nimport dreamdiffusion\nprint(dreamdiffusion.__file__)\n")
+    out = subprocess.run([sys.executable, "stages/probe.py"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(tmp_path / "dreamdiffusion/__init__.py")
+    for name in DVC:  # and every stage script imports it before anything else
+        first = next(line for line in (ROOT / "stages" / f"{name}.py").read_text().splitlines()
+                     if line.startswith(("import ", "from ")))
+        assert first.startswith("import _bootstrap"), name
+
+
+@pytest.mark.parametrize("name", sorted(DVC))
+def test_every_uncached_output_is_a_metric_or_plot(name):
+    """DVC saves a stage to its run cache (so experiments restore it instead of rerunning it) only when
+    each output it does not cache is declared as a metric or a plot."""
+    for entry in DVC[name].get("outs", []):
+        options = next(iter(entry.values())) if isinstance(entry, dict) else {}
+        assert options.get("cache", True), f"{name}: {entry} is uncached: declare it under metrics or plots"

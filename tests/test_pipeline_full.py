@@ -44,6 +44,10 @@ def test_every_metric_exists_and_is_finite(repo):
     assert 0 <= metrics["nway_top1"] <= 1 and metrics["chance"] == pytest.approx(1 / 3)
     finetune = json.loads((repo / "metrics/finetune_details.json").read_text())
     assert 1 <= finetune["best_epoch"] <= 2 and finetune["trainable_params"] < finetune["total_params"]
+    record = metrics["compute"]  # what produced the numbers: portable kernels (AVX2 on any x86-64), fp32
+    assert record["cpu_kernels"] == "portable" and record["kernel_caps"]["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert record["device"] == "cpu" and record["threads"] >= 1 and record["cpu_capability"] in ("AVX2", "DEFAULT")
+    assert json.loads((repo / "data/generated/generate.json").read_text())["compute"]["precision"] == {"generate": "fp32"}
     for name in ("eval_confusion.png", "eval_per_class.csv", "finetune_val_grid.png", "generate_overview.png"):
         assert (repo / "metrics" / name).stat().st_size > 0
 
@@ -79,7 +83,7 @@ def test_one_image_regenerates_alone_from_its_seed(repo):
     test = load_paired_eeg(repo / "data/processed/eeg.h5", splits=("test",))
     eeg = torch.from_numpy(test.eeg[list(test.trial).index(int(row["eeg_trial"]))][None])
     generator = load_generator(repo / "models/finetune", repo / "models/foundation")
-    precision = yaml.safe_load((repo / "params.yaml").read_text())["generate"]["mixed_precision"]
+    precision = json.loads((repo / "data/generated/generate.json").read_text())["compute"]["precision"]["generate"]
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]  # as the stage sampled
     with torch.autocast("cpu", dtype=dtype, enabled=precision != "fp32"):
         image = to_uint8(generator.images(eeg, [int(row["seed"])], "ddim", 2, 3.0).float())[0]

@@ -74,31 +74,44 @@ def cached_features(cache_dir: Path, key: str, write) -> Path:
     return path
 
 
+@dataclass
+class ImageFeatures:
+    """A features file opened once for every trial set: its image rows and its arrays, each in memory
+    when it takes at most `preload_mib` MiB (`load_features`), else read from disk per item."""
+
+    path: Path
+    rows: np.ndarray  # rows of images.h5, sorted
+    arrays: list  # latent_mean, latent_std, clip
+
+
+def load_features(path: Path, preload_mib: float = 0) -> ImageFeatures:
+    """Open a features file (see the module docstring)."""
+    with h5py.File(path, "r") as h5:
+        rows = h5["rows"][()]
+    arrays = [preload(H5Array(path, key), preload_mib) for key in ("latent_mean", "latent_std", "clip")]
+    return ImageFeatures(Path(path), rows, arrays)
+
+
 class PairedTrials(Dataset):
     """Trial i -> (trial id, EEG (128, L), latent mean, latent std (c, h, w), CLIP target (E,), label).
 
-    `eeg` and the features are read into memory when each takes at most `preload_mib` MiB, else
-    read from disk per item."""
+    `eeg` is read into memory when it takes at most `preload_mib` MiB, else read from disk per item."""
 
-    FEATURE_KEYS = ("latent_mean", "latent_std", "clip")
-
-    def __init__(self, eeg, trial: np.ndarray, image_index: np.ndarray, label: np.ndarray, features: Path,
+    def __init__(self, eeg, trial: np.ndarray, image_index: np.ndarray, label: np.ndarray, features: ImageFeatures,
                  preload_mib: float = 0):
-        self.trial, self.label, self.features = np.asarray(trial), np.asarray(label), Path(features)
-        with h5py.File(self.features, "r") as h5:
-            cached = h5["rows"][()]
+        self.trial, self.label, self.features = np.asarray(trial), np.asarray(label), features
+        cached = features.rows
         position = np.searchsorted(cached, image_index)
         if (position >= len(cached)).any() or (cached[np.minimum(position, len(cached) - 1)] != image_index).any():
-            raise DataError(f"{self.features}: lacks features of some images of these trials")
+            raise DataError(f"{features.path}: lacks features of some images of these trials")
         self.position, self.eeg = position, preload(eeg, preload_mib)
-        self.arrays = [preload(H5Array(self.features, key), preload_mib) for key in self.FEATURE_KEYS]
 
     def __len__(self) -> int:
         return len(self.trial)
 
     def __getitem__(self, i: int):
         row = int(self.position[i])
-        item = [torch.from_numpy(np.asarray(array[row])) for array in self.arrays]
+        item = [torch.from_numpy(np.asarray(array[row])) for array in self.features.arrays]
         eeg = torch.from_numpy(np.ascontiguousarray(self.eeg[i], dtype=np.float32))
         return int(self.trial[i]), eeg, *item, int(self.label[i])
 
@@ -122,9 +135,11 @@ def finetune_data(paired, features: Path, image_set, foundation, config, preload
     from ..evaluation import true_classes_from
     from ..foundation.judge import predict
 
+    image_features = load_features(features, preload_mib)  # one copy for the train and the val trials
+
     def trials(rows):
         return PairedTrials(take(paired.eeg, rows), paired.trial[rows], paired.image_index[rows], paired.label[rows],
-                            features, preload_mib)
+                            image_features, preload_mib)
 
     train, val = paired.subset("train"), paired.subset("val")
     if len(val) == 0:

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 
-from ..compute import ComputeConfig, accelerator_kwargs, apply_threads, prepare_module
+from ..compute import PRECISIONS, ComputeConfig, accelerator_kwargs, apply_threads, prepare_module
 from ..config import ConfigError, param, to_dict
 from ..io import DataError
 from ..mae.encoder import load_encoder
@@ -53,11 +53,11 @@ class FinetuneConfig:
     unet_lr: float = param(1e-4, min=0.0, help="learning rate of the UNet part (0 = lr)")
     weight_decay: float = param(0.0, min=0.0)
     clip_grad: float = param(0.5, min=0.0)
-    mixed_precision: str = param("fp32", choices=["fp32", "bf16", "fp16"])
+    mixed_precision: str = param("fp32", choices=PRECISIONS, help="autocast dtype; fp16 needs a GPU; auto: bf16 where native")
     ema_decay: float = param(0.0, min=0.0, max=1.0, help="0 = no EMA")
     encode_batch_size: int = param(64, min=1, help="images per VAE/CLIP batch when encoding the images once", run_key=False)
     val_batch_size: int = param(32, min=1, help="trials per batch in validation (losses, generation, judge)", run_key=False)
-    val_every: int = param(12, min=1)
+    val_every: int = param(13, min=1)
     val_trials: int = param(60, min=1, help="val trials generated for the quick n-way accuracy")
     val_steps: int = param(10, min=1)
     val_guidance: float = param(3.0, min=1.0)

@@ -163,11 +163,12 @@ class FoundationPaths:
 
 def run(config: FoundationConfig, paths: FoundationPaths, seed: int, compute) -> StageResult:
     """The `foundation` stage: build the models on the compute device, measure them, write the figures."""
-    from ..compute import apply_threads, autocast_dtype, resolve_device
+    from ..compute import apply_threads, resolve_device, resolve_precision
     from ..data.processed import load_images, read_processed
     from ..io import finite_metrics, write_json
 
-    autocast_dtype(compute, config.sample.mixed_precision, "foundation.sample")  # fp16 on the CPU is refused
+    precision = resolve_precision(compute, config.sample.mixed_precision, "foundation.sample")  # fp16 on CPU: refused
+    config = dataclasses.replace(config, sample=dataclasses.replace(config.sample, mixed_precision=precision))
     images = read_processed(load_images, paths.images)
     apply_threads(compute)
     with atomic_path(paths.models) as out:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import ConfigError, param
+from ..config import PRECISIONS, ConfigError, param
 
 
 def check_groups(norm_num_groups: int, block_out_channels: list[int]) -> None:
@@ -87,12 +87,12 @@ class SampleConfig:
     """How the demo is measured: caption-to-image generation."""
 
     guidance_scale: float = param(3.0, min=1.0)
-    inference_steps: int = param(25, min=1)
+    inference_steps: int = param(10, min=1)
     per_class: int = param(10, min=1, help="images generated per class caption")
     grid_per_class: int = param(4, min=1, help="images per class in the PNG grids")
     batch_size: int = param(100, min=1, help="images per UNet/VAE/judge/CLIP batch in the self-evaluation")
-    mixed_precision: str = param("bf16", choices=["fp32", "bf16", "fp16"],
-                                 help="autocast dtype of the caption-to-image sampling (fp16: GPU only)")
+    mixed_precision: str = param("fp32", choices=PRECISIONS,
+                                 help="autocast dtype of the caption-to-image sampling (auto: bf16 where native; fp16: GPU)")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
+from ..compute import PRECISION_DTYPES, autocast
 from ..data.processed import ImageSet
 from .config import SampleConfig
 from .images import to_float_images
@@ -86,8 +87,7 @@ def measure_foundation(foundation, images: ImageSet, cfg: SampleConfig, seed: in
     targets = np.repeat(np.arange(num_classes), per_class)
     embeds = foundation.caption_embeds[torch.from_numpy(targets)]
     pipe = foundation.pipeline()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
-    with torch.autocast(pipe.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with autocast(pipe.device.type, PRECISION_DTYPES.get(cfg.mixed_precision)):
         generated = images_from_captions(pipe, embeds, foundation.null_embeds, cfg.guidance_scale, cfg.inference_steps,
                                          seed, cfg.batch_size)
     rows = [generated[targets == c][: cfg.grid_per_class] for c in range(num_classes)]

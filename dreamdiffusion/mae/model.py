@@ -33,7 +33,7 @@ class MAEConfig:
     width: int = param(64, min=1, help="encoder width D (paper: 1024)")
     depth: int = param(4, min=1, help="encoder blocks (paper: 24)")
     heads: int = param(4, min=1, help="encoder attention heads (paper: 16)")
-    mlp_ratio: float = param(4.0, min=0.01, help="MLP hidden / width: official code 1.0, paper ~4")
+    mlp_ratio: float = param(1.0, min=0.01, help="MLP hidden / width: official code 1.0, paper ~4")
     decoder_width: int = param(32, min=1, help="decoder width (paper: 512)")
     decoder_depth: int = param(2, min=1, help="decoder blocks (paper: 8)")
     decoder_heads: int = param(4, min=1, help="decoder attention heads (paper: 16)")

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..compute import ComputeConfig, accelerator_kwargs, apply_threads, prepare_module
+from ..compute import PRECISIONS, ComputeConfig, accelerator_kwargs, apply_threads, prepare_module
 from ..config import param
 from ..data.processed import Corpus, preload
 from ..io import DataError
@@ -43,7 +43,7 @@ class PretrainConfig:
     weight_decay: float = param(0.05, min=0.0, help="AdamW decay, not applied to biases and norms")
     warmup_epochs: float = param(1.0, min=0.0, help="linear warmup, per iteration (paper: 40 of 500)")
     clip_grad: float = param(0.8, min=0.0, help="max gradient norm; 0 = no clipping")
-    mixed_precision: str = param("fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype; fp16 needs a GPU")
+    mixed_precision: str = param("fp32", choices=PRECISIONS, help="autocast dtype; fp16 needs a GPU; auto: bf16 where native")
     val_fraction: float = param(0.1, min=0.0, max=0.9, help="share of corpus recordings held out for val")
     max_windows: int = param(0, min=0, help="use at most this many training windows (0 = all)")
     checkpoint_every: int = param(2, min=1, help="epochs between resume checkpoints", run_key=False)
