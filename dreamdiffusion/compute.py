@@ -101,9 +101,10 @@ def auto_threads() -> int:
 
 
 def apply_threads(config: ComputeConfig) -> int:
-    """Set torch's CPU thread count: `threads`, or (0) `auto_threads()`; returns it. The count can change
-    the last bits of CPU results (reductions split per thread): pin it for bit-identical reruns."""
-    threads = config.threads or auto_threads()
+    """Set torch's CPU thread count: `threads`, or (0) OMP_NUM_THREADS when the environment sets it, else
+    `auto_threads()`; returns it. The count can change the last bits of CPU results (reductions are split
+    per thread): pin it for bit-identical reruns."""
+    threads = config.threads or (torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else auto_threads())
     torch.set_num_threads(threads)
     return threads
 

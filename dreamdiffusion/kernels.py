@@ -37,11 +37,14 @@ def kernel_choice(params_file: str | Path) -> str:
 
 
 def apply_kernel_choice(choice: str) -> dict[str, str]:
-    """Set the portable caps (unless already set) before torch is imported; returns what was set."""
-    if choice != "portable":
-        return {}
+    """Set the portable caps (unless already set) before torch is imported; returns what was set.
+    Only x86-64 has these instruction sets: elsewhere (e.g. ARM) nothing is set."""
+    import platform
+
     if "torch" in sys.modules:
         raise RuntimeError("compute.cpu_kernels must be applied before torch is imported")
+    if choice != "portable" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
     applied = {key: value for key, value in PORTABLE.items() if key not in os.environ}
     os.environ.update(applied)
     return applied

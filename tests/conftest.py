@@ -1,6 +1,12 @@
 """Shared test fixtures."""
+import os
+
 import pytest
 import torch
+
+# Stages run by the tests (in this process or as subprocesses) use one thread per core whatever else the
+# machine runs (compute.threads 0 would otherwise follow the load): runs the tests compare stay comparable.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 @pytest.fixture

@@ -153,12 +153,16 @@ def test_auto_threads_leave_the_cores_other_processes_keep_busy(monkeypatch):
         hog.kill()
         stop.set()
     monkeypatch.setattr(compute.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # set: it wins (tests/conftest.py sets it)
     before = torch.get_num_threads()
     try:
         for busy, expected in ((0, 4), (1, 3), (3, 1), (9, 1)):
             monkeypatch.setattr(compute, "other_runnable", lambda busy=busy: busy)
             assert compute.apply_threads(ComputeConfig()) == expected == torch.get_num_threads()
         assert compute.apply_threads(ComputeConfig(threads=2)) == 2  # pinned: bit-identical reruns
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        torch.set_num_threads(3)
+        assert compute.apply_threads(ComputeConfig()) == 3  # the environment's count wins over the load
     finally:
         torch.set_num_threads(before)
 
