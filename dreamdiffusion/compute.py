@@ -8,6 +8,7 @@ per CPU worker when device is cpu), so multi-GPU training runs from `dvc repro` 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import warnings
@@ -116,14 +117,15 @@ EMULATED_BF16_SLOWDOWN = "~17-22x"  # the demo UNet, bf16 vs fp32 on AVX2-only x
 USED_PRECISION: dict[str, str] = {}  # section -> the precision a stage resolved (recorded in its details)
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo, read once (empty where there is none, e.g. macOS)."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return set()
+        return frozenset()
     line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
-    return set(line.partition(":")[2].split())
+    return frozenset(line.partition(":")[2].split())
 
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:

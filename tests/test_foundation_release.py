@@ -164,3 +164,17 @@ def test_the_shipped_release_is_intact_fits_the_default_world_and_loads():
     assert sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file()) < 40 * 2**20
     foundation = load_foundation(SHIPPED)
     assert foundation.image_size == world["image_size"] and len(foundation.captions) == world["classes"]
+
+
+def test_release_json_holds_no_absolute_paths(release):
+    """Paths are recorded relative to the repository (or by name when outside it): a shipped release
+    carries nothing of the machine that built it."""
+    from dreamdiffusion.foundation.release import recorded_path
+
+    root, _, _ = release
+    for folder in (root / "release", SHIPPED):
+        manifest = json.loads((Path(folder) / "release.json").read_text())
+        for value in (manifest["training_images"]["file"], manifest["settings"]["params"]):
+            assert not Path(value).is_absolute() and "/tmp/" not in value and "/work/" not in value, value
+    assert recorded_path(SHIPPED.parents[1] / "data/processed/images.h5") == "data/processed/images.h5"
+    assert recorded_path(Path("/elsewhere/long.yaml")) == "long.yaml"

@@ -77,11 +77,21 @@ def world_of(images: ImageSet) -> dict:
             "captions": list(images.captions), "image_size": int(images.images.shape[1])}
 
 
+def recorded_path(path: Path) -> str:
+    """A path as release.json records it: relative to the repository when inside it, else its name only
+    (a shipped release must not carry the absolute paths of the machine that built it)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 def training_record(images: ImageSet, path: Path) -> dict:
     """The image set a release trained on: its file, splits, rows, per-image sha256 and their joint sha256."""
     rows = training_rows(images)
     digests = image_digests(images, rows)
-    return {"file": str(path), "file_sha256": sha256_file(path), "splits": ["train", "extra"],
+    return {"file": recorded_path(path), "file_sha256": sha256_file(path), "splits": ["train", "extra"],
             "count": len(rows), "rows": [int(r) for r in rows], "image_sha256": digests,
             "set_sha256": hashlib.sha256("\n".join(digests).encode()).hexdigest()}
 
@@ -217,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="of the shipped weights (both are measured)")
     args = parser.parse_args(argv)
     cfg, seed = release_settings(args.params, args.tiny)
-    record = {"params": str(args.params), "tiny": args.tiny}
+    record = {"params": recorded_path(args.params), "tiny": args.tiny}
     manifest = build_release(args.images, args.out, cfg, seed, args.device, args.precision, record)
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     accuracies = {precision: {name: round(value, 3) for name, value in metrics.items() if name.endswith("_acc")}
