@@ -28,17 +28,19 @@ class ComputeConfig:
     """The `compute` params section."""
 
     device: str = param("auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available, else cpu")
-    processes: int = param(1, min=1, help="pretrain/finetune: accelerate processes (one per GPU)")
+    processes: int = param(1, min=1, max=1024, help="pretrain/finetune: accelerate processes (one per GPU)")
     accelerate_config: str | None = param(None, help="accelerate config file (multi-node); null: this machine")
     cpu_kernels: str = param("portable", choices=["portable", "native"],
                              help="portable: AVX2 kernels on every x86-64 CPU (the same numbers everywhere) | "
                                   "native: each library's fastest (dreamdiffusion.kernels)")
-    threads: int = param(0, min=0, help="torch CPU threads (0: one per core not kept busy by another process)",
+    threads: int = param(0, min=0, max=1024,
+                         help="torch CPU threads (0: one per core not kept busy by another process)",
                          run_key=False)
     attention: str = param("sdpa", choices=["sdpa", "math"], help="fused SDPA or plain softmax(QK^T)V attention")
     gradient_checkpointing: bool = param(False, help="recompute activations in backward (less memory, slower)")
     compile: bool = param(False, help="torch.compile the trained modules (GPU)")
-    preload_mib: int = param(2048, min=0, help="pretrain/finetune: EEG arrays up to this size are read into memory "
+    preload_mib: int = param(2048, min=0, max=1 << 20,
+                             help="pretrain/finetune: EEG arrays up to this size are read into memory "
                              "once (fast epochs); larger ones are read from disk per item (flat memory)",
                              run_key=False)
 
@@ -58,6 +60,13 @@ def resolve_device(config: ComputeConfig) -> torch.device:
     if kind == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can still give a process without swapping (psutil, which accelerate needs)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def _running_tasks_of_others() -> int:
@@ -250,7 +259,12 @@ def launch_command(config: ComputeConfig, script: str | Path, port: int | None =
 
 def relaunch(config: ComputeConfig, script: str | Path) -> int | None:
     """Run `script` again under `accelerate launch` when `processes` > 1 and this process is not one
-    of the launched ones; returns the launch's exit code (None: go on in this process)."""
+    of the launched ones; returns the launch's exit code (None: go on in this process).
+
+    The launcher runs in its own process group, so a terminal's Ctrl-C reaches this process only; a
+    stop (SIGTERM, SIGINT: cli.Stopped) is passed on to the launcher once, which stops its processes
+    (each removes its temporaries; rank 0 ends its MLflow run KILLED), and raised here when it has ended."""
+    import signal
     import socket
     import subprocess
 
@@ -262,4 +276,10 @@ def relaunch(config: ComputeConfig, script: str | Path) -> int | None:
     env = {**os.environ, LAUNCHED_ENV: "1"}
     if resolve_device(config).type == "cpu":
         env.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS=str(max(1, config.threads or 1)))
-    return subprocess.run(launch_command(config, script, port), env=env).returncode
+    with subprocess.Popen(launch_command(config, script, port), env=env, process_group=0) as launch:
+        try:
+            return launch.wait()
+        except KeyboardInterrupt as stop:
+            launch.send_signal(getattr(stop, "signum", signal.SIGINT))
+            launch.wait()
+            raise

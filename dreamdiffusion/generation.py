@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 
 from .compute import autocast
-from .config import PRECISIONS, param
+from .config import MAX_BATCH, MAX_SAMPLING_STEPS, PRECISIONS, ConfigError, param
+from .io import path_inside, plain_name
+from .plots import GridRow, class_label, labelled_grid
 from .progress import progress
 from .results import StageResult
 
@@ -27,19 +29,24 @@ INDEX_FIELDS = ["kind", "trial", "eeg_trial", "image", "label", "subject", "samp
 class GenerateConfig:
     """The `generate` params section."""
 
-    samples_per_eeg: int = param(2, min=1, help="images per test trial (paper: 5)")
+    samples_per_eeg: int = param(2, min=1, max=100, help="images per test trial (paper: 5)")
     scheduler: str = param("ddim", choices=["ddim", "pndm", "dpmsolver++"], help="pndm = the paper's PLMS")
-    steps: int = param(10, min=1, help="sampling steps (paper: 250 PLMS)")
+    steps: int = param(10, min=1, max=MAX_SAMPLING_STEPS, help="sampling steps (paper: 250 PLMS)")
     guidance: float = param(3.0, min=1.0, help="classifier-free guidance scale (1 = none, as the paper)")
-    batch_size: int = param(64, min=1, help="images per sampling batch (UNet)")
-    decode_batch_size: int = param(16, min=1, help="latents per VAE decode call (the memory peak at 512 px)")
+    batch_size: int = param(64, min=1, max=MAX_BATCH, help="images per sampling batch (UNet)")
+    decode_batch_size: int = param(16, min=1, max=MAX_BATCH,
+                                   help="latents per VAE decode call (the memory peak at 512 px)")
     mixed_precision: str = param("fp32", choices=PRECISIONS,
                                  help="autocast dtype while sampling: fp32 (the reported default, same numbers on "
                                       "every CPU) | auto (bf16 where the hardware runs it natively) | bf16 | fp16 (GPU)")
-    control_samples: int = param(1, min=0, help="images per trial from ANOTHER trial's EEG (0 = no control)")
+    control_samples: int = param(1, min=0, max=100, help="images per trial from ANOTHER trial's EEG (0 = no control)")
     control_pairing: str = param("image", choices=["image", "class"],
                                  help="the partner trial shows another image (null: chance) or another class")
-    grid_trials: int = param(4, min=1, help="trials per class in the per-class grids")
+    grid_trials: int = param(4, min=1, max=100, help="trials per class in the per-class grids")
+    figure_classes: int = param(10, min=0, max=1000,
+                                help="overview rows: the first test trial of each of the first N classes (0 = every class)")
+    figure_tile_px: int = param(96, min=64, max=512, help="px of each image in the overview and the per-class grids "
+                                                          "(nearest-neighbour upscaling)")
 
 
 def image_seed(seed: int, trial: int, sample: int) -> int:
@@ -69,6 +76,38 @@ def plan(test_rows: dict, config: GenerateConfig, seed: int, partner: np.ndarray
         record["eeg_trial"] = int(test_rows["trial"][record["eeg_row"]])
         record["file"] = f"{record['kind']}/{record['trial']:05d}_{record['sample']}.png"
     return records
+
+
+RECORD_BYTES = 2048  # host memory per planned image: its record (a dict of 12 entries) and index row, generously
+DECODE_BYTES_PER_PIXEL = 2048  # the VAE decoder's live activations per output pixel (~128 channels x 4 B x 4 maps)
+UNET_BYTES_PER_LATENT_PIXEL = 16_384  # the UNet's live activations per latent pixel (SD 1.5: 320-1280 channels)
+
+
+def peak_memory(config: GenerateConfig, test_trials: int, image_size: int, on_cpu: bool) -> int:
+    """A rough estimate (bytes, erring high) of `generate`'s peak host memory: the plan of every image,
+    one sampling batch of images (float, clamped float, uint8) and, when sampling on the CPU, the UNet's
+    activations (x2: classifier-free guidance) and the VAE decoder's at the 8x-downsampled latent size."""
+    planned = test_trials * (config.samples_per_eeg + config.control_samples)
+    batch, pixels = min(config.batch_size, planned), image_size ** 2
+    held = planned * RECORD_BYTES + batch * pixels * 3 * (4 + 4 + 1)
+    if on_cpu:
+        held += 2 * batch * (pixels // 64) * UNET_BYTES_PER_LATENT_PIXEL
+        held += min(config.decode_batch_size, batch) * pixels * DECODE_BYTES_PER_PIXEL
+    return held
+
+
+def check_memory(config: GenerateConfig, test_trials: int, image_size: int, on_cpu: bool) -> None:
+    """Refuse, before any model loads, a plan whose estimated peak (`peak_memory`) exceeds the available memory."""
+    from .compute import available_memory
+
+    need, have = peak_memory(config, test_trials, image_size, on_cpu), available_memory()
+    if need > have:
+        raise ConfigError(
+            f"generate: estimated peak memory {need / 2**30:.2f} GiB ({test_trials} test trials x (samples_per_eeg "
+            f"{config.samples_per_eeg} + control_samples {config.control_samples}) images of {image_size} px, "
+            f"batch_size {config.batch_size}, decode_batch_size {config.decode_batch_size}) exceeds the "
+            f"{have / 2**30:.2f} GiB available; lower generate.samples_per_eeg, generate.batch_size or "
+            f"generate.decode_batch_size")
 
 
 def generate_all(generator, eeg, records: list[dict], config: GenerateConfig, out_dir: Path,
@@ -106,28 +145,38 @@ def read_index(path: Path) -> list[dict]:
     return rows
 
 
-def write_grids(records: list[dict], stimulus_images: np.ndarray, out_dir: Path, overview: Path,
-                grid_trials: int, class_names: list[str]) -> None:
-    """Per class, `grid_trials` rows of [ground truth | its samples] as `out_dir/grids/<class>.png`;
-    the first row of every class as `overview`."""
-    from .plots import save_image_grid
+def figure_columns(samples: int, controls: int) -> list[str]:
+    """Column headings of the image grids: the stimulus, the samples from its EEG, the controls."""
+    number = lambda name, n: [name] if n == 1 else [f"{name} {i + 1}" for i in range(n)]  # noqa: E731
+    return ["ground truth", *number("sample", samples), *number("control", controls)]
 
+
+def grid_row(recs: list[dict], stimulus_images: np.ndarray, out_dir: Path, label: list[str]) -> GridRow:
+    """One trial's row: its stimulus, then its samples, then its control samples (each in `sample` order)."""
+    ordered = sorted(recs, key=lambda r: (r["kind"] != "eeg", r["sample"]))
+    return GridRow(label, [np.asarray(stimulus_images[recs[0]["image"]]),
+                           *(np.asarray(Image.open(out_dir / r["file"]).convert("RGB")) for r in ordered)])
+
+
+def write_grids(records: list[dict], stimulus_images: np.ndarray, out_dir: Path, overview: Path,
+                config: GenerateConfig, class_names: list[str], captions: list[str]) -> None:
+    """Per class, `grid_trials` rows of [ground truth | its samples | its controls] as `out_dir/grids/<class>.png`;
+    the first row of each of the first `figure_classes` classes as `overview` (layout: plots.labelled_grid)."""
     by_class: dict[int, dict[int, list]] = {}
     for r in records:
-        if r["kind"] == "eeg":
-            by_class.setdefault(r["label"], {}).setdefault(r["trial"], []).append(r)
+        by_class.setdefault(r["label"], {}).setdefault(r["trial"], []).append(r)
+    one = next(iter(next(iter(by_class.values())).values()))
+    columns = figure_columns(*(sum(r["kind"] == kind for r in one) for kind in ("eeg", "control")))
     firsts = []
     for label, trials in sorted(by_class.items()):
-        rows = []
-        for recs in list(trials.values())[:grid_trials]:
-            samples = [np.asarray(Image.open(out_dir / r["file"])) for r in sorted(recs, key=lambda x: x["sample"])]
-            size = samples[0].shape[0]
-            truth = np.asarray(Image.fromarray(stimulus_images[recs[0]["image"]]).resize((size, size)))
-            rows.append([truth, *samples])
-        tiles = torch.from_numpy(np.stack([t for row in rows for t in row])).permute(0, 3, 1, 2) / 255.0
-        save_image_grid(tiles, out_dir / "grids" / f"{class_names[label]}.png", nrow=len(rows[0]))
-        firsts.append(tiles[: len(rows[0])])
-    save_image_grid(torch.cat(firsts), overview, nrow=len(firsts[0]))
+        rows = [grid_row(recs, stimulus_images, out_dir, [*class_label(label, class_names, captions), f"trial {trial}"])
+                for trial, recs in list(trials.items())[: config.grid_trials]]
+        labelled_grid(rows, columns, config.figure_tile_px,
+                      path_inside(out_dir / "grids", class_names[label], what="a class name", suffix=".png"),
+                      corner="class, trial")
+        firsts.append(rows[0])
+    labelled_grid(firsts[: config.figure_classes or None], columns, config.figure_tile_px, overview,
+                  corner="class, trial")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +188,7 @@ class GeneratePaths:
     eeg: Path  # eeg.h5 (its test rows are read)
     images: Path  # images.h5 (ground truth for the grids)
     out: Path  # the generated set: PNGs, index.csv, generate.json, grids/ (replaced atomically)
-    overview: Path  # png: the first trial of every class
+    overview: Path  # png: the first trial of each of the first `figure_classes` classes
 
 
 def control_partners(test, config: GenerateConfig, seed: int):
@@ -164,20 +213,25 @@ def run(config: GenerateConfig, paths: GeneratePaths, seed: int, compute) -> Sta
 
     dtype = autocast_dtype(compute, config.mixed_precision, "generate")
     apply_threads(compute)
-    generator = load_generator(paths.finetune, paths.foundation, str(resolve_device(compute)))
     test = read_processed(load_paired_eeg, paths.eeg, splits=("test",))
     if len(test.eeg) < 2:
         raise DataError(f"{paths.eeg}: {len(test.eeg)} test trial(s); generation needs at least 2")
+    for i, name in enumerate(test.class_names):  # they name the grid files: refuse before any work
+        plain_name(name, f"{paths.eeg}: class_names[{i}]")
+    device = resolve_device(compute)
+    image_set = read_processed(load_images, paths.images)
+    check_memory(config, len(test.eeg), int(image_set.images.shape[1]), device.type == "cpu")
+    generator = load_generator(paths.finetune, paths.foundation, str(device))
     rows = {"trial": test.trial, "image_index": test.image_index, "label": test.label, "subject": test.subject}
     partner, skipped = control_partners(test, config, seed)
     records = plan(rows, config, seed, partner)
-    image_set = read_processed(load_images, paths.images)
     with atomic_path(paths.out) as tmp:
         generate_all(generator, test.eeg, records, config, tmp, dtype)
         write_index(records, tmp / "index.csv")
         write_json(tmp / "generate.json", {"control_pairing": config.control_pairing, "control_skipped": skipped,
                                            "compute": compute_record(compute)})
-        write_grids(records, image_set.images, tmp, paths.overview, config.grid_trials, test.class_names)
+        write_grids(records, image_set.images, tmp, paths.overview, config, test.class_names,
+                    image_set.captions)
     grids = [(path, "grids") for path in sorted((paths.out / "grids").glob("*.png"))]
     return StageResult({"images": sum(r["kind"] == "eeg" for r in records), "test_trials": len(test.eeg),
                         "control_images": sum(r["kind"] == "control" for r in records)},

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -15,6 +18,9 @@ from typing import Any, Iterator
 import torch
 
 MANIFEST = "manifest.json"
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write failed for lack of room, not of a file
+# a name read from data (class id, image name, manifest entry) that becomes one path component
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 class DataError(ValueError):
@@ -54,6 +60,13 @@ def _temp_pattern(path: Path) -> re.Pattern:
     return re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[a-z0-9_]{8}")
 
 
+def output_path(path: str | Path) -> Path:
+    """`path` without `atomic_path`'s temporary folders: the output that a temporary file becomes."""
+    parts = Path(path).parts
+    return Path(*(part for part, inner in zip(parts, parts[1:] + ("",))
+                  if not (inner and _temp_pattern(Path(inner)).fullmatch(part))))
+
+
 def remove_dead_temps(path: Path) -> list[Path]:
     """Remove the temporary siblings of `path` that `atomic_path` left in processes no longer alive."""
     pattern, removed = _temp_pattern(path), []
@@ -71,7 +84,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     Works for files and directories: nothing half-written is ever left at `path`. The temporary
     folder is named `.<name>.<pid>.<random>`; one left by a killed process (its pid no longer runs
-    on this host) is removed when the next atomic write to `path` starts.
+    on this host) is removed when the next atomic write to `path` starts. A failed write that names
+    no file (a full disk, the file size limit) is given `path` as its file name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,13 +93,82 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent)) / path.name
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        os.replace(tmp, path)
+        with _committing():  # a stop signal waits until the new output is in place
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None and err.errno in WRITE_FAILURES:
+            err.filename = str(path)
+        raise
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+_COMMITS = {"open": 0, "held": None}  # `atomic_path` renames in progress; a stop signal that came meanwhile
+
+
+def hold_stop(signum: int) -> bool:
+    """Whether a stop signal (SIGTERM, SIGINT) must wait because `atomic_path` is replacing an output
+    (between removing the old one and renaming the new one in); if so, it is raised again
+    (`signal.raise_signal`) as soon as that is done."""
+    if _COMMITS["open"]:
+        _COMMITS["held"] = signum
+    return bool(_COMMITS["open"])
+
+
+@contextlib.contextmanager
+def _committing() -> Iterator[None]:
+    """A block that a stop signal does not interrupt (`hold_stop`)."""
+    _COMMITS["open"] += 1
+    try:
+        yield
+    finally:
+        _COMMITS["open"] -= 1
+        if not _COMMITS["open"] and _COMMITS["held"] is not None:
+            held, _COMMITS["held"] = _COMMITS["held"], None
+            signal.raise_signal(held)
+
+
+class DeferredErrorFile(io.FileIO):
+    """A new file for a writer that must not see a write fail: HDF5 crashes (SIGSEGV) on the next
+    operation on a file whose write failed (EFBIG over the file size limit `ulimit -f`, ENOSPC on a
+    full disk). The first write error is kept and later writes are dropped, so the library ends
+    cleanly; `raise_deferred` then raises it as an OSError naming the file."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, "w+")
+        self.path, self.error = Path(path), None
+
+    def write(self, data) -> int:
+        """Write all of `data` (a short write is continued); on an error keep it and drop the rest."""
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(view):
+            try:
+                done += super().write(view[done:])
+            except OSError as err:
+                self.error = err
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return super().truncate(size)
+            except OSError as err:
+                self.error = err
+        return self.tell() if size is None else size
+
+    def raise_deferred(self) -> None:
+        """Raise the kept write error, if any, as an OSError naming this file."""
+        if self.error is not None:
+            raise OSError(self.error.errno, self.error.strerror, str(self.path))
+
+
+# code that HDF5 calls back into: an exception raised there (a stop signal) would be a failed write to HDF5
+CALLED_BY_HDF5 = frozenset({DeferredErrorFile.write.__code__, DeferredErrorFile.truncate.__code__})
 
 
 def write_json(path: str | Path, payload: Any) -> None:
@@ -137,12 +220,34 @@ def write_manifest(folder: str | Path, extra: dict | None = None, name: str = MA
     return manifest
 
 
+def plain_name(name, what: str) -> str:
+    """`name` if it can be one path component (letters, digits, then also '.', '_', '+', '-'; at most
+    128), else a DataError naming `what` (where the name was read) and the offending value."""
+    if isinstance(name, str) and PLAIN_NAME.fullmatch(name):
+        return name
+    shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+    raise DataError(f"{what}: {shown} is not a plain name (expected 1-128 letters, digits, '.', '_', '+' or "
+                    f"'-', starting with a letter or digit): it would not stay a single file name")
+
+
+def path_inside(folder: str | Path, *names: str, what: str, suffix: str = "") -> Path:
+    """`folder/names[0]/.../names[-1]<suffix>` for names read from data: every name must be plain
+    (`plain_name`) and the joined path must stay inside `folder`, else a DataError naming `what`."""
+    folder = Path(folder)
+    path = folder.joinpath(*(plain_name(name, what) for name in names))
+    path = path.with_name(path.name + suffix) if suffix else path
+    inside = os.path.normpath(path), os.path.normpath(folder)
+    if os.path.commonpath(inside) != inside[1] or inside[0] == inside[1]:
+        raise DataError(f"{what}: {'/'.join(names)!r} leads outside {folder}")
+    return path
+
+
 def _listed_file(folder: Path, name: str, manifest_path: Path) -> Path:
-    """The file a manifest entry names; an absolute path or one with '..' is refused."""
-    relative = PurePosixPath(name)
-    if not name or relative.is_absolute() or ".." in relative.parts:
+    """The file a manifest entry names: a relative path of plain names inside `folder`."""
+    relative = PurePosixPath(name) if isinstance(name, str) else None
+    if not name or relative is None or relative.is_absolute() or ".." in relative.parts:
         raise DataError(f"{manifest_path}: lists {name!r}, a path outside {folder}")
-    return folder / relative
+    return path_inside(folder, *relative.parts, what=f"{manifest_path}: a listed file")
 
 
 def verify_manifest(folder: str | Path, stage: str, name: str = MANIFEST, rerun: str | None = None) -> dict:

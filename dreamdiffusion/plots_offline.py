@@ -1,4 +1,5 @@
-"""The DVC plots of dvc.yaml rendered without network: PNGs (matplotlib) and an index.html that loads nothing.
+"""The DVC plots of dvc.yaml rendered without network: PNGs (matplotlib; the stages' own figures copied)
+and an index.html that loads nothing.
 
 `dvc plots show` writes an HTML page that loads vega, vega-lite and vega-embed from a CDN, so it is
 blank on a machine without internet, and no installed package ships those libraries. This reads
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -49,7 +51,11 @@ def draw_lines(ax, content: dict) -> None:
     for (rev, field), points in sorted(lines.items()):
         xs, ys = zip(*sorted(points))
         ax.plot(xs, ys, label=f"{rev}: {field}" if rev else field)
-    ax.set_xlabel(x_field)
+    ax.set_xlabel(content["encoding"]["x"].get("title", x_field))
+    y_titles = {layer.get("encoding", {}).get("y", {}).get("title") for layer in content.get("layer", [])}
+    y_titles.discard(None)
+    if len(y_titles) == 1:  # dvc.yaml's y_label (DVC puts it on every layer)
+        ax.set_ylabel(y_titles.pop())
     ax.legend(fontsize=7)
 
 
@@ -89,6 +95,15 @@ def render(name: str, content: dict, out: Path) -> Path:
     return path
 
 
+def copy_image(item: dict, out: Path) -> Path:
+    """A figure a stage wrote (a DVC image plot; `url` is DVC's copy of it for one revision), copied into `out`."""
+    source = Path(item["url"])
+    path = out / source.name
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+    return path
+
+
 def index_html(pngs: list[Path]) -> str:
     """A page showing the PNGs by relative path: no script, no stylesheet, no external URL."""
     figures = "\n".join(f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
@@ -113,11 +128,12 @@ def drawn_elsewhere(dvc_file: Path = Path("dvc.yaml")) -> set[str]:
 
 
 def write_plots(payload: dict, out: Path, skip: set[str] = frozenset()) -> list[Path]:
-    """Render every vega plot of `dvc plots ... --json` output into `out` with an index.html; return the PNGs."""
+    """Render every vega plot of `dvc plots ... --json` output into `out`, copy every image plot (the
+    figures stages write) there, and write an index.html showing them all; return the PNGs."""
     out.mkdir(parents=True, exist_ok=True)
-    pngs = [render(name, item["content"], out)
-            for name, items in payload.get("data", {}).items() if name not in skip
-            for item in items if item.get("type") == "vega"]
+    plots = [(name, item) for name, items in payload.get("data", {}).items() if name not in skip for item in items]
+    pngs = [render(name, item["content"], out) for name, item in plots if item.get("type") == "vega"]
+    pngs += [copy_image(item, out) for _, item in plots if item.get("type") == "image"]
     with atomic_path(out / "index.html") as tmp:
         tmp.write_text(index_html(pngs))
     return pngs

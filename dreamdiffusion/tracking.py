@@ -20,6 +20,16 @@ Writes go through a file lock: SQLite allows one writer, and two stages logging 
 time must both succeed. Each run records the pid, its start time and the host; a run of a stage
 left RUNNING by a process that is gone (killed, machine reset) is marked KILLED, with the reason
 in its `killed_reason` tag, when the next run of that stage starts on the same host.
+
+Failures of the store never change what a stage computes or writes. Each write waits at most what
+is left of the stage's store wait (`DREAMDIFFUSION_TRACKING_WAIT` seconds in all, default 60;
+MLflow itself waits up to 20 s on a locked SQLite database); "database is locked" is retried
+within it. When the store fails otherwise or does not answer in time, the stage prints one
+warning line (the store, why, and whether its run is not recorded at all or only partly: a run
+left RUNNING is marked KILLED by the next run of the stage) and goes on untracked, with the exit
+code of its computation. A stage stopped by SIGTERM/SIGINT (a KeyboardInterrupt) ends its run
+KILLED, with `killed_reason` "stopped by SIGTERM", waiting at most STOP_WAIT_SECONDS on the
+store; one that fails ends it FAILED.
 """
 from __future__ import annotations
 
@@ -27,6 +37,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import socket
 import subprocess
@@ -38,8 +49,8 @@ from typing import Any, Iterator
 
 from filelock import FileLock
 
-from .config import ConfigError, param
-from .io import process_alive, process_start
+from .config import ConfigError, load_params_document, param
+from .io import DataError, process_alive, process_start
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
@@ -48,6 +59,9 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflo
 CODE_PATHS = ("stages", "dreamdiffusion", "dvc.yaml")
 WORKSPACE = "workspace"
 PLAIN_NAME = r"[A-Za-z0-9_ -][A-Za-z0-9_. -]{0,199}"
+STORE_WAIT_ENV = "DREAMDIFFUSION_TRACKING_WAIT"
+STORE_WAIT_SECONDS = 60.0
+STOP_WAIT_SECONDS = 10.0  # a stopped stage waits at most this on the store: a supervisor's SIGKILL may follow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +85,40 @@ def code_root() -> Path:
     temp DVC experiment runs in its own copy, while `DVC_ROOT` names the main repository, whose
     commit and edits may move while the experiment runs."""
     return Path.cwd()
+
+
+def store_wait() -> float:
+    """Seconds a stage may lose in all to a store that fails or does not answer before it goes on
+    untracked: `DREAMDIFFUSION_TRACKING_WAIT` when set, else STORE_WAIT_SECONDS."""
+    text = os.environ.get(STORE_WAIT_ENV, "")
+    try:
+        seconds = float(text) if text else STORE_WAIT_SECONDS
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ConfigError(f"{STORE_WAIT_ENV}={text[:40]!r}: expected a number of seconds >= 0")
+    return seconds
+
+
+def call_within(seconds: float, fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` in a daemon thread, given up (TimeoutError) after `seconds`: a store that
+    hangs cannot hang the stage (the abandoned call ends, at the latest, with the process)."""
+    outcome: dict[str, Any] = {}
+
+    def target():
+        try:
+            outcome["value"] = fn(*args, **kwargs)
+        except BaseException as err:  # raised in the caller's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, name="mlflow-write", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 def tracking_uri(root: Path) -> str:
@@ -132,9 +180,7 @@ def params_hash(document: dict) -> str:
 
 def current_execution(root: Path, params_file: str | Path) -> Execution:
     """The execution a stage belongs to: DVC experiment name (or workspace), params, commit, code changes."""
-    import yaml
-
-    document = yaml.safe_load(Path(params_file).read_text()) or {}
+    document = load_params_document(params_file)
     diff = _git(root, "diff", "HEAD", "--", *CODE_PATHS)
     code = hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else "clean"
     return Execution(os.environ.get("DVC_EXP_NAME") or WORKSPACE, params_hash(document),
@@ -204,7 +250,8 @@ def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
 
 
 class StageRun:
-    """A handle on one MLflow run; every write holds the store's lock.
+    """A handle on one MLflow run; every write holds the store's lock. A stage's own handle
+    (`opened_in_background`) bounds its waits on the store and degrades a store failure to a warning.
 
     Step metrics (`log_metrics(..., buffered=True)`, what training loops send every step) are
     kept and written in batches: at most every `FLUSH_SECONDS`, or `FLUSH_ITEMS` at a time, and
@@ -221,16 +268,20 @@ class StageRun:
         self._flushed_at = time.monotonic()
         self._opening: threading.Thread | None = None
         self._open_error: BaseException | None = None
+        self._opened: tuple = ()
+        self.stage, self.store, self.wait_left = "", "", 0.0  # set on a stage's own handle
 
     @classmethod
-    def opened_in_background(cls, open_run) -> "StageRun":
-        """A handle whose run `open_run() -> (client, run_id, lock, parent_id)` opens in a thread
-        (importing MLflow and opening the store take ~3.5 s of a stage); the first write waits for it."""
+    def opened_in_background(cls, open_run, stage: str, store: str, wait: float) -> "StageRun":
+        """`stage`'s handle, whose run `open_run() -> (client, run_id, lock, parent_id)` opens in a thread
+        (importing MLflow and opening the store take ~3.5 s of a stage); the first write waits for it.
+        Its waits on `store` (for the open, for each write) add up to at most `wait` seconds."""
         handle = cls()
+        handle.stage, handle.store, handle.wait_left = stage, store, wait
 
         def target():
             try:
-                handle.client, handle.run_id, handle.lock, handle.parent_id = open_run()
+                handle._opened = open_run()  # taken by `wait_open`, unless it gave up waiting
             except BaseException as err:  # raised in the stage's thread by the next write
                 handle._open_error = err
 
@@ -239,12 +290,32 @@ class StageRun:
         return handle
 
     def wait_open(self) -> None:
-        """Wait until a background open has finished; raise its error if it failed."""
+        """Wait until a background open has finished (at most the store wait left); if it failed or
+        did not finish, stop tracking (`_lose`), but raise the project's own errors (a bad experiment)."""
         if self._opening is not None:
-            self._opening.join()
+            self._opening.join(self.wait_left)
+            if self._opening.is_alive():
+                self._lose(TimeoutError(f"no answer within {self.wait_left:g} s"))
+                return
             self._opening = None
-        if self._open_error is not None:
+            if self._opened:
+                self.client, self.run_id, self.lock, self.parent_id = self._opened
+        if isinstance(self._open_error, (ConfigError, DataError)):
             raise self._open_error
+        if self._open_error is not None:
+            error, self._open_error = self._open_error, None
+            self._lose(error)
+
+    def _lose(self, error: BaseException) -> None:
+        """Stop tracking after the store failed with `error`: one warning line saying what is not
+        recorded; later writes are skipped."""
+        lines = str(error).strip().splitlines()
+        why = (lines[0] if lines else type(error).__name__)[:300]
+        recorded = (f"run {self.run_id} is not fully recorded (it stays RUNNING until the next `{self.stage}` run "
+                    "marks it KILLED)") if self.run_id else "this run is not recorded"
+        print(f"{self.stage}: warning: MLflow store {self.store}: {why}; {recorded}; the stage goes on without "
+              "tracking", file=sys.stderr)
+        self.client, self._opening, self._pending = None, None, []
 
     @property
     def active(self) -> bool:
@@ -257,17 +328,29 @@ class StageRun:
         return self._opening is not None or self.client is not None
 
     def _write(self, fn, *args, **kwargs):
-        """Call an MlflowClient method under the lock, retrying a locked database."""
+        """Call an MlflowClient method under the lock. On a stage's own handle it waits at most the
+        store wait left: 'database is locked' (another writer holds SQLite) is retried within it; any
+        other failure, or no answer in time, stops tracking (`_lose`) and the stage goes on."""
         if not self.active:
             return None
-        for attempt in range(5):
+        if not self.stage:
+            return self._locked(fn, *args, **kwargs)
+        while True:
+            started = time.monotonic()
             try:
-                with self.lock:
-                    return fn(*args, **kwargs)
-            except Exception as err:  # sqlite 'database is locked' from another writer
-                if "locked" not in str(err) or attempt == 4:
-                    raise
-                time.sleep(0.5 * (attempt + 1))
+                return call_within(self.wait_left, self._locked, fn, *args, **kwargs)
+            except Exception as err:
+                retry = "locked" in str(err) and self.wait_left - (time.monotonic() - started) > 0.5
+                if retry:
+                    time.sleep(0.5)
+                self.wait_left -= time.monotonic() - started
+                if not retry:
+                    self._lose(err)
+                    return None
+
+    def _locked(self, fn, *args, **kwargs):
+        with self.lock:
+            return fn(*args, **kwargs)
 
     def log_params(self, params: dict) -> None:
         """Log a (nested) params dict, flattened to dotted keys."""
@@ -316,7 +399,7 @@ class StageRun:
     def log_parent_metrics(self, metrics: dict[str, float]) -> None:
         """Log metrics on the execution's parent run too (nothing without a parent)."""
         if self.active and self.parent_id:
-            StageRun(self.client, self.parent_id, self.lock).log_metrics(metrics)
+            self._write(StageRun(self.client, self.parent_id, self.lock).log_metrics, metrics)
 
     def log_datasets(self, files: list[tuple[Path, str]]) -> None:
         """Log data files as the run's dataset inputs: digest from the file's sha256, `context` tag as given."""
@@ -327,6 +410,12 @@ class StageRun:
         inputs = [DatasetInput(file_dataset(Path(path)), [InputTag("mlflow.data.context", context)])
                   for path, context in files]
         self._write(self.client.log_inputs, self.run_id, datasets=inputs)
+
+    def end(self, status: str, reason: str = "") -> None:
+        """Write what is buffered, then end the run with `status` (`reason` in its `killed_reason` tag)."""
+        self.flush()
+        if self.active:
+            self._write(end_run, self.client, self.run_id, self.parent_id, status, reason)
 
 
 def file_dataset(path: Path):
@@ -371,25 +460,28 @@ def _experiment_id(client, name: str, root: Path) -> str:
 def stage_run(stage: str, config: TrackingConfig, params: dict, root: Path,
               execution: Execution | None = None) -> Iterator[StageRun]:
     """Open an MLflow run for one execution of `stage` (a child of `execution`'s parent run, when given);
-    FINISHED on success, FAILED on error. Runs of `stage` left RUNNING by dead processes on this host
-    are marked KILLED first. The run opens in a background thread while the stage works; it starts
-    at the time of this call."""
+    FINISHED on success, KILLED when stopped (SIGTERM, SIGINT: a KeyboardInterrupt), FAILED on error.
+    Runs of `stage` left RUNNING by dead processes on this host are marked KILLED first. The run
+    opens in a background thread while the stage works; it starts at the time of this call. A store
+    that fails or does not answer within `store_wait()` stops tracking with a warning, not the stage."""
     if not config.enabled:
         yield StageRun()
         return
     artifact_location(root, config.experiment)  # a bad experiment name fails now, not after the stage
-    start_ms = int(time.time() * 1000)
-    handle = StageRun.opened_in_background(lambda: open_run(stage, config, params, root, execution, start_ms))
+    start_ms, wait = int(time.time() * 1000), store_wait()
+    handle = StageRun.opened_in_background(lambda: open_run(stage, config, params, root, execution, start_ms),
+                                           stage, tracking_uri(root), wait)
     try:
         yield handle
-    except BaseException:
+    except BaseException as err:
         if handle.enabled:
             with contextlib.suppress(Exception):  # the stage's own error is the one to report
-                handle.flush()
-                handle._write(end_run, handle.client, handle.run_id, handle.parent_id, "FAILED")
+                stopped = isinstance(err, KeyboardInterrupt)
+                if stopped:
+                    handle.wait_left = min(handle.wait_left, STOP_WAIT_SECONDS)
+                handle.end("KILLED" if stopped else "FAILED", (str(err) or "interrupted") if stopped else "")
         raise
-    handle.flush()
-    handle._write(end_run, handle.client, handle.run_id, handle.parent_id, "FINISHED")
+    handle.end("FINISHED")
 
 
 def open_run(stage: str, config: TrackingConfig, params: dict, root: Path, execution: Execution | None,
@@ -413,8 +505,10 @@ def open_run(stage: str, config: TrackingConfig, params: dict, root: Path, execu
     return client, run.info.run_id, lock, parent_id
 
 
-def end_run(client, run_id: str, parent_id: str | None, status: str) -> None:
-    """End a stage's run with `status`, then settle its parent's status."""
+def end_run(client, run_id: str, parent_id: str | None, status: str, reason: str = "") -> None:
+    """End a stage's run with `status` (`reason`, when given, in its `killed_reason` tag), then settle its parent."""
+    if reason:
+        client.set_tag(run_id, "killed_reason", reason)
     client.set_terminated(run_id, status)
     if parent_id:
         settle_parent(client, parent_id, status)

@@ -9,9 +9,10 @@ decides it), so `make ui` prints this address:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import yaml
+from .config import ConfigError, load_params
 
 VIEW = "workflowType=machine_learning"
 
@@ -39,7 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    name = yaml.safe_load(args.params.read_text())["tracking"]["experiment"]
+    from .tracking import TrackingConfig
+
+    try:
+        name = load_params(args.params, {"tracking": TrackingConfig})["tracking"].experiment
+    except ConfigError as err:
+        print(f"ui_url: error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(f"MLflow UI, experiment {name!r} on its training runs: "
           f"{ui_url(args.port, experiment_id(args.params.resolve().parent, name))}")
 

@@ -22,7 +22,7 @@ PATHS = finetune.FinetunePaths(
     images=Path("data/processed/images.h5"), model=Path("models/finetune"),
     checkpoints=project_root() / "checkpoints/finetune", features=project_root() / "cache/image_features",
     metrics=details_path("finetune"), history=Path("metrics/finetune_loss.csv"),
-    grid=Path("metrics/finetune_val_grid.png"))
+    grid=Path("metrics/finetune_val_grid.png"), loss_figure=Path("metrics/finetune_loss.png"))
 
 
 def main(params: dict, log):

@@ -20,7 +20,8 @@ PARAMS = {"seed": int, "tracking": TrackingConfig, "compute": ComputeConfig, "pr
 PATHS = pretrain.PretrainPaths(
     corpus=Path("data/processed/corpus.h5"), paired=Path("data/processed/eeg.h5"), encoder=Path("models/pretrain"),
     checkpoints=project_root() / "checkpoints/pretrain", metrics=details_path("pretrain"),
-    losses=Path("metrics/pretrain_loss.csv"), figure=Path("metrics/pretrain_recon.png"))
+    losses=Path("metrics/pretrain_loss.csv"), loss_figure=Path("metrics/pretrain_loss.png"),
+    figure=Path("metrics/pretrain_recon.png"))
 
 
 def main(params: dict, log):

@@ -129,6 +129,8 @@ def test_a_row_keeps_what_defines_it_whatever_is_set_for_all_rows(capsys):
     (["--set", "finetune.epochs=-1"], "finetune.epochs"),       # out of range
     (["--set", "finetune.epochs=4"], "align_epochs 24"),        # inconsistent with the default align_epochs
     (["--set", "noequals"], "noequals"),
+    (["--set", "finetune.nway=[&a [1], *a]"], "--set finetune.nway: line 1, column 2: not valid YAML: anchor 'a'"),
+    (["--set", "finetune.nway_draws=1000000"], "finetune.nway_draws: value 1000000 is above the maximum 10000"),
 ])
 def test_queue_refuses_bad_rows_and_settings_before_queuing_anything(argv, culprit, capsys):
     assert main(["queue", "--dry-run", *argv]) == 2

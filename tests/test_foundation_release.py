@@ -16,7 +16,8 @@ from dreamdiffusion.config import parse_config
 from dreamdiffusion.data.processed import load_images, write_h5
 from dreamdiffusion.foundation import FoundationConfig, load_foundation
 from dreamdiffusion.foundation.build import build_foundation
-from dreamdiffusion.foundation.release import RELEASE, check_release, image_digests, main, training_rows
+from dreamdiffusion.foundation.release import (METRIC_TOLERANCE, RELEASE, check_release, check_release_metrics,
+                                                image_digests, main, recorded_metrics, training_rows)
 from dreamdiffusion.io import DataError, sha256_file
 
 from test_foundation import make_image_set
@@ -144,6 +145,23 @@ def test_a_folder_without_release_json_is_refused(release, tmp_path):
         check_release(folder, load_images(images_path))
 
 
+def test_measurements_are_held_to_the_recorded_metrics_within_the_tolerance(release):
+    """The stage's own measurements against release.json: within METRIC_TOLERANCE passes, beyond it is refused
+    naming the metric, both values and the tolerance (and where the stage's sampling differs from the record)."""
+    root, _, manifest = release
+    recorded, sample = manifest["metrics"]["float16"], pretrained_release(root / "release").sample
+    close = {**recorded, "judge_val_acc": recorded["judge_val_acc"] - 0.04, "vae_psnr": recorded["vae_psnr"] + 0.4}
+    check_release_metrics(root / "release", manifest, close, sample, 0)
+    with pytest.raises(DataError, match=r"release.json: judge_val_acc is recorded as [\d.]+, but this stage "
+                                        r"measures [\d.]+ .*\(tolerance 0.05\): .*not installed"):
+        check_release_metrics(root / "release", manifest, {**close, "judge_val_acc": recorded["judge_val_acc"] - 0.06},
+                              sample, 0)
+    far = {**recorded, "caption_to_image_acc": recorded["caption_to_image_acc"] + 0.5}
+    with pytest.raises(DataError, match=r"caption_to_image_acc .*; measured at inference_steps 7, seed 1, "
+                                        r"recorded at inference_steps 2, seed 0 \(should that explain the gap"):
+        check_release_metrics(root / "release", manifest, far, dataclasses.replace(sample, inference_steps=7), 1)
+
+
 SHIPPED = Path(__file__).resolve().parents[1] / "models/release"
 
 
@@ -161,6 +179,8 @@ def test_the_shipped_release_is_intact_fits_the_default_world_and_loads():
     measured = release["metrics"]["float16"]
     assert measured["caption_to_image_acc"] >= 0.9 and measured["judge_recon_acc"] >= 0.95
     assert measured["judge_val_acc"] >= 0.98 and measured["clip_zeroshot_acc"] >= 0.95
+    # what the install checks the stage's measurements against
+    assert recorded_metrics(release, SHIPPED) == {name: measured[name] for name in METRIC_TOLERANCE}
     assert sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file()) < 40 * 2**20
     foundation = load_foundation(SHIPPED)
     assert foundation.image_size == world["image_size"] and len(foundation.captions) == world["classes"]

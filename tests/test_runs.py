@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -18,12 +19,15 @@ from dreamdiffusion.finetune import run as finetune
 from dreamdiffusion.finetune.train import FinetuneConfig
 from dreamdiffusion.foundation import build
 from dreamdiffusion.foundation.config import FoundationConfig
-from dreamdiffusion.generation import GenerateConfig, GeneratePaths
+from dreamdiffusion.data.processed import load_images, load_paired_eeg
+from dreamdiffusion.generation import GenerateConfig, GeneratePaths, read_index
 from dreamdiffusion.generation import run as generate
 from dreamdiffusion.mae import run as pretrain
 from dreamdiffusion.mae.train import PretrainConfig
 from dreamdiffusion.presets import merge
+from dreamdiffusion.plots import GAP, MIN_FIGURE_PX
 from pipeline import TINY
+from test_figures import upscaled
 from test_pipeline_full import TINY_ALL
 
 PARAMS = merge(yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text()), TINY_ALL)
@@ -48,11 +52,13 @@ def world(tmp_path_factory):
         recon_figure=root / "recon.png", captions_figure=root / "captions.png"), 0, COMPUTE)
     results["pretrain"] = pretrain.run(section(PretrainConfig, "pretrain"), pretrain.PretrainPaths(
         corpus=processed.corpus, paired=processed.eeg, encoder=root / "encoder", checkpoints=root / "ckpt/pretrain",
-        metrics=root / "pretrain.json", losses=root / "pretrain.csv", figure=root / "pretrain.png"), 0, COMPUTE)
+        metrics=root / "pretrain.json", losses=root / "pretrain.csv", loss_figure=root / "pretrain_loss.png",
+        figure=root / "pretrain.png"), 0, COMPUTE)
     results["finetune"] = finetune.run(section(FinetuneConfig, "finetune"), finetune.FinetunePaths(
         foundation=root / "foundation", encoder=root / "encoder", eeg=processed.eeg, images=processed.images,
         model=root / "finetuned", checkpoints=root / "ckpt/finetune", features=root / "features",
-        metrics=root / "finetune.json", history=root / "finetune.csv", grid=root / "grid.png"), 0, COMPUTE)
+        metrics=root / "finetune.json", history=root / "finetune.csv", grid=root / "grid.png",
+        loss_figure=root / "finetune_loss.png"), 0, COMPUTE)
     results["generate"] = generate(section(GenerateConfig, "generate"), GeneratePaths(
         foundation=root / "foundation", finetune=root / "finetuned", eeg=processed.eeg, images=processed.images,
         out=root / "generated", overview=root / "overview.png"), 0, COMPUTE)
@@ -109,3 +115,63 @@ def test_generate_and_evaluate_wrote_images_index_and_metrics(world):
     metrics = json.loads((root / "eval.json").read_text())
     assert metrics["test_trials"] == results["generate"].metrics["test_trials"]
     assert all(math.isfinite(metrics[k]) for k in ("nway_top1", "clip_2way", "fid", "eeg_top1"))
+
+
+def grid_tiles(path, rows: int, columns: int, tile_px: int):
+    """The figure's pixels and tile (r, c) of a labelled grid of `rows` x `columns` tiles, placed as
+    plots.labelled_grid places them: GAP px apart and from the bottom and right edges."""
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    height, width = pixels.shape[:2]
+
+    def tile(r: int, c: int) -> np.ndarray:
+        top, left = height - (rows - r) * (tile_px + GAP), width - (columns - c) * (tile_px + GAP)
+        return pixels[top : top + tile_px, left : left + tile_px]
+
+    return pixels, tile
+
+
+def test_overview_rows_are_classes_with_truth_samples_and_control(world):
+    root, _ = world
+    config, images = section(GenerateConfig, "generate"), load_images(root / "images.h5").images
+    by_class: dict = {}
+    for record in read_index(root / "generated/index.csv"):
+        by_class.setdefault(record["label"], {}).setdefault(record["trial"], []).append(record)
+    classes = sorted(by_class)[: config.figure_classes or None]
+    first = {label: next(iter(by_class[label].values())) for label in classes}
+    shown = [r for r in first[classes[0]] if r["kind"] == "eeg"] + [r for r in first[classes[0]] if r["kind"] == "control"]
+    assert len(shown) == config.samples_per_eeg + config.control_samples
+    tile_px = config.figure_tile_px
+    pixels, tile = grid_tiles(root / "overview.png", len(classes), 1 + len(shown), tile_px)
+    header = pixels.shape[0] - len(classes) * (tile_px + GAP)
+    assert pixels.shape[1] >= MIN_FIGURE_PX and 0 < header < tile_px / 2  # only the headings above the tiles
+    for r, label in enumerate(classes):
+        records = sorted(first[label], key=lambda x: (x["kind"] != "eeg", x["sample"]))
+        assert np.array_equal(tile(r, 0), upscaled(images[records[0]["image"]], tile_px))
+        for c, record in enumerate(records, start=1):
+            generated = np.asarray(Image.open(root / "generated" / record["file"]).convert("RGB"))
+            assert np.array_equal(tile(r, c), upscaled(generated, tile_px)), (label, record["file"])
+    class_names = load_paired_eeg(root / "eeg.h5", splits=("test",)).class_names
+    for label, trials in by_class.items():  # the per-class grids: grid_trials rows of the same columns
+        rows = min(config.grid_trials, len(trials))
+        pixels, tile = grid_tiles(root / "generated/grids" / f"{class_names[label]}.png", rows, 1 + len(shown), tile_px)
+        assert pixels.shape[0] - rows * (tile_px + GAP) == header and pixels.shape[1] >= MIN_FIGURE_PX
+        for r, records in enumerate(list(trials.values())[:rows]):
+            assert np.array_equal(tile(r, 0), upscaled(images[records[0]["image"]], tile_px))
+
+
+def test_val_grid_rows_are_val_classes_and_the_loss_figures_exist(world):
+    root, results = world
+    config = section(FinetuneConfig, "finetune")
+    paired, images = load_paired_eeg(root / "eeg.h5", splits=("train", "val")), load_images(root / "images.h5").images
+    val = paired.subset("val")
+    _, firsts = np.unique(paired.label[val], return_index=True)
+    firsts = firsts[: config.figure_classes or None]
+    pixels, tile = grid_tiles(root / "grid.png", len(firsts), 3, config.figure_tile_px)
+    header = pixels.shape[0] - len(firsts) * (config.figure_tile_px + GAP)
+    assert pixels.shape[1] >= MIN_FIGURE_PX and 0 < header < config.figure_tile_px / 2
+    for r, position in enumerate(firsts):
+        assert np.array_equal(tile(r, 0), upscaled(images[paired.image_index[val][position]], config.figure_tile_px))
+    for name in ("pretrain", "finetune"):
+        figure = root / f"{name}_loss.png"
+        assert Image.open(figure).size[0] >= MIN_FIGURE_PX
+        assert (figure, None) in results[name].artifacts

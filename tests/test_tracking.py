@@ -92,7 +92,7 @@ def test_the_stage_works_while_its_run_opens_and_the_run_starts_when_the_stage_d
     assert abs(found.info.start_time / 1000 - entered) < 0.15  # not the (later) time the open finished
 
 
-def test_a_run_that_cannot_open_fails_the_stage_with_the_store_error(tmp_path, monkeypatch):
+def test_a_run_that_cannot_open_leaves_the_stage_alone_and_says_it_is_not_recorded(tmp_path, monkeypatch, capsys):
     from dreamdiffusion import tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -101,9 +101,82 @@ def test_a_run_that_cannot_open_fails_the_stage_with_the_store_error(tmp_path, m
         raise RuntimeError("mlflow.db: file is not a database")
 
     monkeypatch.setattr(tracking, "open_run", broken)
-    with pytest.raises(RuntimeError, match="not a database"):
-        with stage_run("x", TrackingConfig(experiment="broken"), {}, tmp_path) as run:
-            run.log_metrics({"loss": 1.0}, step=0, buffered=True)
+    with stage_run("x", TrackingConfig(experiment="broken"), {}, tmp_path) as run:
+        run.log_metrics({"loss": 1.0}, step=0)
+        done = True  # the stage body runs to its end
+    assert done and not run.enabled
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("x: warning: MLflow store sqlite:///") and "mlflow.db: file is not a database" in line
+    assert "this run is not recorded" in line
+
+
+def test_a_store_that_does_not_answer_is_given_up_within_the_store_wait(tmp_path, monkeypatch, capsys):
+    import threading
+    import time
+
+    from dreamdiffusion import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DREAMDIFFUSION_TRACKING_WAIT", "0.3")
+    never = threading.Event()
+    monkeypatch.setattr(tracking, "open_run", lambda *a: never.wait(30))
+    started = time.monotonic()
+    with stage_run("x", TrackingConfig(experiment="hang"), {}, tmp_path) as run:
+        run.log_metrics({"loss": 1.0}, step=0)
+    assert time.monotonic() - started < 5
+    assert "no answer within 0.3 s; this run is not recorded" in capsys.readouterr().err
+    never.set()
+
+
+def test_a_store_failing_midway_keeps_the_run_marked_not_fully_recorded(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with stage_run("x", TrackingConfig(experiment="mid"), {}, tmp_path) as run:
+        run.wait_open()
+        monkeypatch.setattr(run.client, "log_batch", lambda *a, **k: (_ for _ in ()).throw(OSError("disk I/O error")))
+        run.log_metrics({"loss": 1.0}, step=0)
+        run.log_metrics({"loss": 0.5}, step=1)  # skipped: tracking has stopped
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and f"run {run.run_id} is not fully recorded" in err and "disk I/O error" in err
+    _, (found,) = runs(tmp_path, "mid")
+    assert found.info.status == "RUNNING" and found.data.metrics == {}
+
+
+def test_a_locked_database_is_retried_within_the_store_wait(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with stage_run("x", TrackingConfig(experiment="retry"), {}, tmp_path) as run:
+        run.wait_open()
+        calls, log_batch = [], run.client.log_batch
+
+        def locked_once(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("(sqlite3.OperationalError) database is locked")
+            return log_batch(*args, **kwargs)
+
+        monkeypatch.setattr(run.client, "log_batch", locked_once)
+        run.log_metrics({"loss": 1.0}, step=0)
+    _, (found,) = runs(tmp_path, "retry")
+    assert len(calls) == 2 and found.info.status == "FINISHED" and found.data.metrics == {"loss": 1.0}
+
+
+def test_a_bad_store_wait_is_refused(tmp_path, monkeypatch):
+    from dreamdiffusion.config import ConfigError
+
+    monkeypatch.setenv("DREAMDIFFUSION_TRACKING_WAIT", "soon")
+    with pytest.raises(ConfigError, match="DREAMDIFFUSION_TRACKING_WAIT='soon'"):
+        with stage_run("x", TrackingConfig(experiment="w"), {}, tmp_path):
+            pass
+
+
+def test_an_interrupted_stage_marks_its_run_killed_with_the_reason(tmp_path, monkeypatch):
+    from dreamdiffusion.cli import Stopped
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(Stopped):
+        with stage_run("x", TrackingConfig(experiment="k"), {}, tmp_path):
+            raise Stopped(15)
+    _, (run,) = runs(tmp_path, "k")
+    assert run.info.status == "KILLED" and run.data.tags["killed_reason"] == "stopped by SIGTERM"
 
 
 def test_buffered_metrics_are_written_when_the_stage_fails(tmp_path, monkeypatch):
@@ -215,6 +288,15 @@ def test_ui_address_opens_the_experiment_on_its_training_runs(tmp_path, monkeypa
     main(["--port", "5123", "--params", str(tmp_path / "params.yaml")])
     assert capsys.readouterr().out.strip().endswith(
         f"http://127.0.0.1:5123/#/experiments/{wanted}/runs?workflowType=machine_learning")
+
+
+def test_ui_address_refuses_a_params_file_the_stages_would_refuse(tmp_path, capsys):
+    from dreamdiffusion.ui_url import main
+
+    (tmp_path / "params.yaml").write_text("tracking: &t\n  experiment: t\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--params", str(tmp_path / "params.yaml")])
+    assert exit_.value.code == 2 and "params.yaml: line 1, column 11: not valid YAML: anchor 't'" in capsys.readouterr().err
 
 
 def test_an_experiment_copy_keeps_its_key_while_the_main_repository_moves(tmp_path, monkeypatch):

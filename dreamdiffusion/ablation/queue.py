@@ -7,9 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from ..config import ConfigError
+from ..config import ConfigError, load_params_document, load_yaml_text
 from ..nested import merge_nested
 from ..presets import merge, validate
 from ..presets.__main__ import exp_run_command
@@ -35,7 +33,7 @@ def parse_sets(sets: list[str]) -> dict:
         node = out
         for parent in parents:
             node = node.setdefault(parent, {})
-        node[leaf] = yaml.safe_load(text)
+        node[leaf] = load_yaml_text(text, f"--set {key}")
     return out
 
 
@@ -47,7 +45,7 @@ def row_overrides(row: Row, seed: int, extra: dict) -> dict:
 def queue_commands(rows: list[Row], seeds: list[int], extra: dict, params_file: Path) -> list[list[str]]:
     """One `dvc exp run --queue -n abl-<row>-s<seed>` per row and seed, each validated against the configs;
     seed-major, so that any prefix of the queue that has run covers the rows evenly."""
-    params = yaml.safe_load(params_file.read_text())
+    params = load_params_document(params_file)
     commands = []
     for seed in seeds:
         for row in rows:

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ..config import ConfigError, param
-from ..io import DataError, atomic_path, sha256_file
+from ..io import DataError, atomic_path, path_inside, sha256_file
 from ..results import StageResult
 from .raw import CAPTIONS_FILE, CORPUS_DIR, IMAGES_DIR, RawManifest
 from .synthetic import SyntheticConfig
@@ -38,7 +38,7 @@ class DownloadConfig:
     images_url: str | None = param(None)
     images_sha256: str | None = param(None)
     moabb_datasets: list[str] = param([], help="MOABB dataset class names for the corpus")
-    moabb_subjects: list[int] = param([], min=1, help="[] = every subject of each dataset")
+    moabb_subjects: list[int] = param([], min=1, max=10_000, help="[] = every subject of each dataset")
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
@@ -62,6 +62,13 @@ def link_tree(source: Path, dest: Path, pattern: str) -> int:
     for path in files:
         link_file(path, dest / path.relative_to(source))
     return len(files)
+
+
+def url_target(out_dir: Path, url: str, key: str) -> Path:
+    """Where the file at `url` is saved: `out_dir/<last part of the url's path>`, a plain name."""
+    from urllib.parse import unquote, urlparse
+
+    return path_inside(out_dir, unquote(urlparse(url).path.rsplit("/", 1)[-1]), what=f"{key}: the URL's file name")
 
 
 def existing(path_text: str, key: str, base: Path) -> Path:
@@ -159,9 +166,9 @@ def from_url(config: DownloadConfig, out_dir: Path) -> RawManifest:
     from .eeg_imagenet import check_eeg_imagenet
     from .fetch import fetch_file
 
-    name_of = lambda url: Path(url.split("?")[0]).name  # noqa: E731
-    eeg = fetch_file(config.eeg_url, config.eeg_sha256, out_dir / name_of(config.eeg_url))
-    splits = fetch_file(config.splits_url, config.splits_sha256, out_dir / name_of(config.splits_url))
+    eeg = fetch_file(config.eeg_url, config.eeg_sha256, url_target(out_dir, config.eeg_url, "download.eeg_url"))
+    splits = fetch_file(config.splits_url, config.splits_sha256,
+                        url_target(out_dir, config.splits_url, "download.splits_url"))
     archive = fetch_file(config.images_url, config.images_sha256, out_dir.parent / f".{out_dir.name}.images")
     try:
         extract_images(archive, out_dir / IMAGES_DIR, f"download.images_url {config.images_url}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..io import DataError, safe_torch_load
+from ..io import PLAIN_NAME, DataError, safe_torch_load
 from ..progress import progress
 from .raw import image_path
 
@@ -87,6 +87,12 @@ def _string_list_problems(name: str, key: str, value) -> list[str]:
             seen.setdefault(item, i)
     if dups:
         problems.append(f"{name}: [{key!r}] has duplicate entries: {_listing(dups)}")
+    unplain = [f"{i} ({item[:40]!r})" for i, item in enumerate(value)
+               if isinstance(item, str) and not PLAIN_NAME.fullmatch(item)]
+    if unplain:
+        problems.append(f"{name}: [{key!r}][i] is not a plain file name (1-128 letters, digits, '.', '_', '+', "
+                        f"'-', starting with a letter or digit: it names an image folder or file) for i in "
+                        f"[{_listing(unplain)}]")
     if not value:
         problems.append(f"{name}: [{key!r}] is empty, expected a non-empty list of str")
     return problems
@@ -334,8 +340,9 @@ def image_file_problems(payload: dict, images_dir, workers: int | None = None,
     label_of = image_labels(payload)
     labels, images = payload.get("labels"), payload.get("images")
     ignored = set(ignore_images)
-    paths = {j: image_path(images_dir, labels[label], images[j])
-             for j, label in sorted(label_of.items()) if images[j] not in ignored}
+    plain = lambda name: PLAIN_NAME.fullmatch(name) is not None  # noqa: E731  (others: a schema problem)
+    paths = {j: image_path(images_dir, labels[label], images[j]) for j, label in sorted(label_of.items())
+             if images[j] not in ignored and plain(labels[label]) and plain(images[j])}
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
         found = list(progress(pool.map(_image_problem, paths.values()), total=len(paths),

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .. import signal
-from ..config import ConfigError, param
+from ..config import MAX_IMAGE_SIZE, ConfigError, param
 from ..io import DataError
 from ..progress import progress
 from ..results import StageResult
@@ -36,30 +36,30 @@ def below_nyquist(key: str, freqs: list[float], rate_key: str, rate: float) -> N
 class PreprocessConfig:
     """The `preprocess` params section."""
 
-    subjects: list[int] = param([], min=1, help="[] = all subjects; the paper uses [4]")
-    split: int = param(0, min=0, help="which split of the split file")
+    subjects: list[int] = param([], min=1, max=10_000, help="[] = all subjects; the paper uses [4]")
+    split: int = param(0, min=0, max=1000, help="which split of the split file")
     splits_index: str = param("all", choices=["all", "single"])
-    min_length: int = param(450, min=1)
-    max_length: int = param(600, min=1)
-    crop_start: int = param(20, min=0)
-    crop_end: int = param(460, min=1)
-    samples: int = param(512, min=8)
+    min_length: int = param(450, min=1, max=100_000)
+    max_length: int = param(600, min=1, max=100_000)
+    crop_start: int = param(20, min=0, max=100_000)
+    crop_end: int = param(460, min=1, max=100_000)
+    samples: int = param(512, min=8, max=16_384)
     resample: str = param("linear", choices=["linear", "fourier"])
-    sample_rate: float = param(1000.0, min=1.0)
-    bandpass: list[float] = param([], min=0.0)
-    notch: list[float] = param([], min=0.0)
+    sample_rate: float = param(1000.0, min=1.0, max=100_000.0)
+    bandpass: list[float] = param([], min=0.0, max=50_000.0)
+    notch: list[float] = param([], min=0.0, max=50_000.0)
     normalize: str = param("none", choices=["none", "channel"])
-    image_size: int = param(32, min=8, max=1024, help="pixels: the foundation's native size (SD 1.5: 512)")
+    image_size: int = param(32, min=8, max=MAX_IMAGE_SIZE, help="pixels: the foundation's native size (SD 1.5: 512)")
     extra_images: bool = param(True, help="also store the class folders' images no trial shows (the demo "
                                "foundation's training corpus); false reads the stimulus images only")
     pretrain_sources: list[str] = param(["paired-train"])
-    corpus_sample_rate: float = param(1000.0, min=1.0)
-    corpus_bandpass: list[float] = param([5.0, 95.0], min=0.0)
+    corpus_sample_rate: float = param(1000.0, min=1.0, max=100_000.0)
+    corpus_bandpass: list[float] = param([5.0, 95.0], min=0.0, max=50_000.0)
     corpus_channels: str = param("tile", choices=["tile", "zero", "none"])
     corpus_scale: str = param("zscore", choices=["none", "zscore", "divide"])
     corpus_divisor: float = param(10.0, min=1e-12)
-    corpus_stride: int = param(512, min=1)
-    corpus_max_windows: int = param(40, min=0)
+    corpus_stride: int = param(512, min=1, max=1_000_000)
+    corpus_max_windows: int = param(40, min=0, max=1_000_000)
     figure_trials: int = param(3, min=0, max=20)
 
     def __post_init__(self):

@@ -40,9 +40,21 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..hdf5 import Field, open_h5, read_strings
+from ..io import DeferredErrorFile
+
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "extra": 3}
 UNUSED = -1
 STR = h5py.string_dtype("utf-8")
+# the layouts of the module docstring, checked by `open_h5` before anything is read
+IMAGES_SCHEMA = {"images": Field("uint8", 4, "image", (None, None, 3)), "image_names": Field("str", 1, "image"),
+                 "labels": Field("int", 1, "image"), "split": Field("int", 1, "image"),
+                 "class_names": Field("str", 1, "class"), "captions": Field("str", 1, "class")}
+PAIRED_SCHEMA = {"eeg": Field("float32", 3, "trial"), **{key: Field("int", 1, "trial") for key in
+                                                          ("label", "image_index", "subject", "trial", "split")},
+                 "class_names": Field("str", 1)}
+CORPUS_SCHEMA = {"eeg": Field("float32", 3, "window"), "recording": Field("int", 1, "window"),
+                 "recordings": Field("str", 1, "recording"), "sources": Field("str", 1, "recording")}
 
 
 def split_code(name: str) -> int:
@@ -64,15 +76,19 @@ class H5Writer:
     """A new HDF5 file written deterministically (no timestamps); row datasets can be filled
     or grown a batch at a time, so a large set never has to sit in memory at once. Every numeric
     dataset is chunked with a Fletcher-32 checksum per chunk: a changed byte fails the read
-    (`H5Array` turns that into a DataError naming the file) instead of passing as a number."""
+    (`H5Array` turns that into a DataError naming the file) instead of passing as a number.
+    HDF5 writes through a `DeferredErrorFile`: a failed write (file size limit, full disk) is
+    raised as an OSError naming the file by the next `put`/`append` or at the end, never a crash."""
 
     def __init__(self, path: str | Path, attrs: dict | None = None):
-        self.handle = h5py.File(path, "w", track_order=False)
+        self.file = DeferredErrorFile(path)
+        self.handle = h5py.File(self.file, "w", track_order=False)
         for key, value in (attrs or {}).items():
             self.handle.attrs[key] = value
 
     def put(self, key: str, value, chunk_rows: bool = False) -> None:
         """A whole array (or list of strings) as dataset `key`."""
+        self.file.raise_deferred()
         if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype.kind in "OU"):
             self.handle.create_dataset(key, data=np.asarray(value, dtype=object), dtype=STR, track_times=False)
             return
@@ -87,6 +103,7 @@ class H5Writer:
 
     def append(self, key: str, rows: np.ndarray) -> None:
         """Append rows to the growable dataset `key` (see `rows`)."""
+        self.file.raise_deferred()
         dataset = self.handle[key]
         start = dataset.shape[0]
         dataset.resize(start + len(rows), axis=0)
@@ -96,7 +113,12 @@ class H5Writer:
         return self
 
     def __exit__(self, *exc) -> bool:
-        self.handle.close()
+        try:
+            self.handle.close()
+        finally:
+            self.file.close()
+        if exc[0] is None:
+            self.file.raise_deferred()
         return False
 
 
@@ -106,7 +128,7 @@ class H5Array:
 
     def __init__(self, path: str | Path, key: str, rows: np.ndarray | None = None):
         self.path, self.key, self._file = Path(path), key, None
-        with h5py.File(self.path, "r") as h5:
+        with open_h5(self.path) as h5:
             full = h5[key].shape
             self.dtype = h5[key].dtype
         self.rows = np.arange(full[0]) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -121,7 +143,7 @@ class H5Array:
 
     def _dataset(self):
         if self._file is None:
-            self._file = h5py.File(self.path, "r")
+            self._file = open_h5(self.path)
         return self._file[self.key]
 
     def _read(self, rows) -> np.ndarray:
@@ -187,10 +209,6 @@ def take(array, rows):
     return array.subset(rows) if isinstance(array, H5Array) else array[rows]
 
 
-def _strings(dataset) -> list[str]:
-    return [s.decode() if isinstance(s, bytes) else str(s) for s in dataset[()]]
-
-
 @dataclass
 class ImageSet:
     """Contents of images.h5; `images` is read from disk row by row as it is indexed."""
@@ -209,11 +227,11 @@ class ImageSet:
 
 def load_images(path: str | Path) -> ImageSet:
     """Read images.h5."""
-    with h5py.File(path, "r") as h5:
+    with open_h5(path, IMAGES_SCHEMA) as h5:
         return ImageSet(
-            images=H5Array(path, "images"), image_names=_strings(h5["image_names"]),
+            images=H5Array(path, "images"), image_names=read_strings(h5["image_names"]),
             labels=h5["labels"][()].astype(np.int64), split=h5["split"][()].astype(np.int8),
-            class_names=_strings(h5["class_names"]), captions=_strings(h5["captions"]),
+            class_names=read_strings(h5["class_names"]), captions=read_strings(h5["captions"]),
         )
 
 
@@ -247,13 +265,13 @@ def read_rows(dataset, rows) -> np.ndarray:
 def load_paired_eeg(path: str | Path, splits: tuple[str, ...] | None = None) -> PairedEEG:
     """Read eeg.h5's index arrays; the EEG is read lazily. With `splits`, only the rows of those
     splits can be read at all (so a stage that must not see the test split never loads it)."""
-    with h5py.File(path, "r") as h5:
+    with open_h5(path, PAIRED_SCHEMA) as h5:
         split = h5["split"][()].astype(np.int8)
         rows = np.arange(len(split)) if splits is None else np.flatnonzero(np.isin(split, [split_code(s) for s in splits]))
         return PairedEEG(
             eeg=H5Array(path, "eeg", rows), label=h5["label"][rows], image_index=h5["image_index"][rows],
             subject=h5["subject"][rows], trial=h5["trial"][rows], split=split[rows],
-            class_names=_strings(h5["class_names"]),
+            class_names=read_strings(h5["class_names"]),
         )
 
 
@@ -269,8 +287,8 @@ class Corpus:
 
 def load_corpus(path: str | Path) -> Corpus:
     """Read corpus.h5."""
-    with h5py.File(path, "r") as h5:
+    with open_h5(path, CORPUS_SCHEMA) as h5:
         return Corpus(
             eeg=H5Array(path, "eeg"), recording=h5["recording"][()],
-            recordings=_strings(h5["recordings"]), sources=_strings(h5["sources"]),
+            recordings=read_strings(h5["recordings"]), sources=read_strings(h5["sources"]),
         )

@@ -13,7 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..io import DataError, sha256_file
+from ..io import DataError, path_inside, sha256_file
 
 MANIFEST = "manifest.json"
 IMAGES_DIR = "images"
@@ -58,8 +58,8 @@ class RawManifest:
 
 
 def image_path(images_dir: Path, class_id: str, image_name: str) -> Path:
-    """Where an image lives in the EEG-ImageNet folder layout."""
-    return images_dir / class_id / f"{image_name}.JPEG"
+    """Where an image lives in the EEG-ImageNet folder layout (both names must be plain: they come from data)."""
+    return path_inside(images_dir, class_id, image_name, what=f"an image name under {images_dir}", suffix=".JPEG")
 
 
 def read_captions(path: Path | None, class_ids: list[str]) -> list[str]:

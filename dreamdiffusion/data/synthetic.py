@@ -44,8 +44,8 @@ class SyntheticConfig:
 
     classes: int = param(10, min=2, max=100, help="classes (shape x colour concepts)")
     shapes: int = param(5, min=1, max=10, help="shapes used; class k = shape k % shapes, colour k // shapes")
-    images_per_class: int = param(40, min=3, help="stimulus images per class (shown in the EEG experiment)")
-    extra_images_per_class: int = param(200, min=0, help="images per class never shown (foundation corpus)")
+    images_per_class: int = param(40, min=3, max=10_000, help="stimulus images per class (shown in the EEG experiment)")
+    extra_images_per_class: int = param(200, min=0, max=10_000, help="images per class never shown (foundation corpus)")
     image_size: int = param(64, min=16, max=1024, help="image side in pixels")
     jpeg_quality: int = param(95, min=50, max=100)
     subjects: int = param(4, min=1, max=64, help="every subject sees every stimulus image once")
@@ -56,17 +56,18 @@ class SyntheticConfig:
                                help="offset shared by a class block (block-design confound), noise RMS units")
     onset_jitter_ms: float = param(10.0, min=0.0, max=100.0)
     line_freq: float = param(50.0, choices=[50.0, 60.0])
-    min_length: int = param(460, min=1, help="trial length T in samples at 1 kHz: uniform in [min, max]")
-    max_length: int = param(560, min=1)
+    min_length: int = param(460, min=1, max=100_000, help="trial length T in samples at 1 kHz: uniform in [min, max]")
+    max_length: int = param(560, min=1, max=100_000)
     length_outliers: float = param(0.02, min=0.0, max=1.0, help="fraction of trials with T outside 450..600")
     n_splits: int = param(1, min=1, max=100, help="split partitions in the split file")
     val_fraction: float = param(0.1, min=0.0, max=0.5)
     test_fraction: float = param(0.1, min=0.0, max=0.5)
-    corpus_recordings: int = param(40, min=0, help="unlabeled pretraining recordings")
-    corpus_min_seconds: float = param(20.0, min=1.0)
-    corpus_max_seconds: float = param(60.0, min=1.0)
+    corpus_recordings: int = param(40, min=0, max=10_000, help="unlabeled pretraining recordings")
+    corpus_min_seconds: float = param(20.0, min=1.0, max=3600.0)
+    corpus_max_seconds: float = param(60.0, min=1.0, max=3600.0)
     corpus_channels: list[int] = param([22, 32, 60, 64, 118, 128], min=1, max=343)
-    corpus_sample_rates: list[float] = param([128.0, 160.0, 250.0, 256.0, 500.0, 512.0, 1000.0], min=64.0)
+    corpus_sample_rates: list[float] = param([128.0, 160.0, 250.0, 256.0, 500.0, 512.0, 1000.0], min=64.0,
+                                             max=100_000.0)
 
     def __post_init__(self):
         if self.min_length > self.max_length:

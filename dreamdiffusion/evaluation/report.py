@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import param
+from ..config import MAX_BATCH, MAX_DRAWS, param
 from .fidelity import fidelity_metrics
 from .identification import clip_similarity, pixcorr, ssim, two_way_identification
 from .nway import effective_n_way, nway_topk, summarize_over_samples, true_classes_from
@@ -24,12 +24,14 @@ from .nway import effective_n_way, nway_topk, summarize_over_samples, true_class
 class EvaluateConfig:
     """The `evaluate` params section."""
 
-    nway: int = param(50, min=2, help="n of the n-way protocol (capped at the judge's classes)")
-    nway_draws: int = param(50, min=1, help="random distractor draws per image (DreamDiffusion 50, MinD-Vis 1000)")
+    nway: int = param(50, min=2, max=MAX_DRAWS, help="n of the n-way protocol (capped at the judge's classes)")
+    nway_draws: int = param(50, min=1, max=MAX_DRAWS,
+                            help="random distractor draws per image (DreamDiffusion 50, MinD-Vis 1000)")
     fidelity: bool = param(True, help="compute FID / IS / KID")
-    kid_subset_size: int = param(100, min=2)
-    batch_size: int = param(128, min=1, help="images per judge / CLIP / SSIM batch")
-    fidelity_batch_size: int = param(64, min=1, help="images per feature-extractor batch in FID / IS / KID")
+    kid_subset_size: int = param(100, min=2, max=MAX_DRAWS)
+    batch_size: int = param(128, min=1, max=MAX_BATCH, help="images per judge / CLIP / SSIM batch")
+    fidelity_batch_size: int = param(64, min=1, max=MAX_BATCH,
+                                     help="images per feature-extractor batch in FID / IS / KID")
 
 
 def load_pngs(paths: list[Path]) -> torch.Tensor:

@@ -17,7 +17,6 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,9 +24,12 @@ from torch.utils.data import Dataset
 
 from ..data.processed import H5Array, H5Writer, preload
 from ..foundation.images import to_float_images
+from ..hdf5 import Field, open_h5
 from ..io import DataError, atomic_path, sha256_file
 
 FEATURES_VERSION = "1"
+FEATURES_SCHEMA = {"rows": Field("int", 1, "image"), "latent_mean": Field("float32", 4, "image"),
+                   "latent_std": Field("float32", 4, "image"), "clip": Field("float32", 2, "image")}
 
 
 def features_key(foundation_root: Path, images_sha256: str, rows: np.ndarray) -> str:
@@ -86,7 +88,7 @@ class ImageFeatures:
 
 def load_features(path: Path, preload_mib: float = 0) -> ImageFeatures:
     """Open a features file (see the module docstring)."""
-    with h5py.File(path, "r") as h5:
+    with open_h5(path, FEATURES_SCHEMA) as h5:
         rows = h5["rows"][()]
     arrays = [preload(H5Array(path, key), preload_mib) for key in ("latent_mean", "latent_std", "clip")]
     return ImageFeatures(Path(path), rows, arrays)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from ..config import param
+from ..config import MAX_WIDTH, param
 from ..mae.model import EEGEncoder, MAEConfig
 
 
@@ -24,12 +24,12 @@ class ConditionerConfig:
     """Shapes of the conditioning module (saved with it)."""
 
     encoder: dict  # the MAEConfig of the EEG encoder, as a dict
-    cond_tokens: int = param(77, min=1)  # S: the UNet's condition length
-    cond_width: int = param(768, min=1)  # W: the UNet's cross_attention_dim
-    clip_dim: int = param(768, min=1)  # width of the CLIP image embedding
-    time_dim: int = param(0, min=0)  # width of the UNet's time embedding; 0 = no time path
+    cond_tokens: int = param(77, min=1, max=MAX_WIDTH)  # S: the UNet's condition length
+    cond_width: int = param(768, min=1, max=MAX_WIDTH)  # W: the UNet's cross_attention_dim
+    clip_dim: int = param(768, min=1, max=MAX_WIDTH)  # width of the CLIP image embedding
+    time_dim: int = param(0, min=0, max=MAX_WIDTH)  # width of the UNet's time embedding; 0 = no time path
     mapper: str = param("paper", choices=["paper", "flat"])
-    mapper_hidden: int = param(64, min=1)  # the paper's intermediate 64 channels
+    mapper_hidden: int = param(64, min=1, max=MAX_WIDTH)  # the paper's intermediate 64 channels
     null_condition: str = param("learned", choices=["learned", "zero"])
 
 

@@ -9,10 +9,9 @@ import numpy as np
 import torch
 
 from ..data.processed import load_images, load_paired_eeg, read_processed
-from ..foundation.images import to_float_images
 from ..foundation.load import load_foundation
 from ..io import sha256_file, write_json
-from ..plots import save_image_grid, write_history_csv
+from ..plots import GridRow, class_label, epoch_curves, labelled_grid, write_history_csv
 from ..results import StageResult
 from .data import cached_features, features_key, finetune_data, write_features
 from .load import save_finetuned
@@ -37,7 +36,8 @@ class FinetunePaths:
     features: Path  # the image-feature cache (not a stage output; kept across runs)
     metrics: Path  # json
     history: Path  # csv: per-epoch losses (a DVC plot)
-    grid: Path  # png: ground truth and a generated image of 8 val trials
+    grid: Path  # png: per class, a val trial's ground truth, its sample and a control (val_grid)
+    loss_figure: Path  # png: the per-epoch losses, the kept epoch marked
 
 
 def image_features(paths: FinetunePaths, paired, image_set, config: FinetuneConfig, device: str) -> Path:
@@ -53,14 +53,39 @@ def image_features(paths: FinetunePaths, paired, image_set, config: FinetuneConf
 
 
 def val_grid(result: FinetuneResult, data, image_set, paired, seed: int, config: FinetuneConfig, path: Path) -> None:
-    """Ground truth and a generated image of 8 val trials (evenly spaced), as one PNG."""
+    """The kept model on val, one row per class (the first `figure_classes`): the class's first val trial's
+    ground truth, an image from its EEG and, as the control, one from the next row's EEG (another class),
+    both from the same seed, so only the EEG differs (layout: plots.labelled_grid)."""
     models = result.models
-    rows = np.linspace(0, len(data.val) - 1, min(8, len(data.val))).round().astype(int)
-    eeg = torch.stack([data.val[int(r)][1] for r in rows])
-    generated = images_from_eeg(models.conditioner, models.unet, models.vae, make_scheduler("ddim", models.noise_scheduler.config),
-                         eeg, [seed + int(r) for r in rows], config.val_steps, config.val_guidance).cpu()
-    truth = to_float_images(image_set.images[paired.image_index[paired.subset("val")][rows]])
-    save_image_grid(torch.cat([truth, generated]), path, nrow=len(rows))
+    labels, firsts = np.unique(data.val.label, return_index=True)
+    rows = firsts[: config.figure_classes or None]
+    partners = np.roll(rows, -1) if len(rows) > 1 else rows[:0]
+    eeg = torch.stack([data.val[int(r)][1] for r in [*rows, *partners]])
+    seeds = [seed + int(r) for r in [*rows, *rows[: len(partners)]]]
+    sampler, step = make_scheduler("ddim", models.noise_scheduler.config), config.val_batch_size
+    generated = torch.cat([images_from_eeg(models.conditioner, models.unet, models.vae, sampler, eeg[i : i + step],
+                                           seeds[i : i + step], config.val_steps, config.val_guidance).cpu()
+                           for i in range(0, len(eeg), step)])
+    pixels = (generated * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    samples, controls = pixels[: len(rows)], pixels[len(rows) :]
+    truth = image_set.images[paired.image_index[paired.subset("val")][rows]]
+    grid = [GridRow([*class_label(label, paired.class_names, image_set.captions), f"trial {data.val.trial[r]}"],
+                    [truth[k], samples[k], *controls[k : k + 1]])
+            for k, (label, r) in enumerate(zip(labels, rows))]
+    columns = ["ground truth", "sample", "control"][: 2 + bool(len(partners))]
+    labelled_grid(grid, columns, config.figure_tile_px, path, corner=f"epoch {result.best_epoch} (kept)")
+
+
+def loss_figure(result: FinetuneResult, config: FinetuneConfig, path: Path) -> None:
+    """The losses and val n-way accuracy per epoch, the kept epoch marked, the alignment-only epochs shaded."""
+    history = [{**h, "train_diffusion_loss": None} if h["epoch"] <= config.align_epochs else h for h in result.history]
+    epoch_curves(history, {"train_loss": "train: total", "val_loss": "val: total",
+                           "train_diffusion_loss": "train: diffusion (noise MSE)",
+                           "val_diffusion_loss": "val: diffusion (noise MSE)"},
+                 "loss (unitless): noise MSE\n+ weighted (1 - cos) terms", result.best_epoch,
+                 f"kept: epoch {result.best_epoch} (best {config.select_by})", path,
+                 right=("val_nway_top1", f"val {result.val_nway}-way top-1 (fraction correct)"),
+                 shaded=(config.align_epochs, "alignment only (no diffusion loss)"))
 
 
 def summary(result: FinetuneResult, data) -> dict:
@@ -103,8 +128,10 @@ def run(config: FinetuneConfig, paths: FinetunePaths, seed: int, compute,
                    {"train_unet": config.train_unet, "best_epoch": result.best_epoch, "seed": seed})
     val_grid(result, data, image_set, paired, seed, config, paths.grid)
     write_history_csv(result.history, paths.history, LOSS_KEYS)
+    loss_figure(result, config, paths.loss_figure)
     metrics = summary(result, data)
     write_json(paths.metrics, metrics)
     if not config.keep_checkpoints:  # finished and written: the resume state is no longer needed
         result.checkpoints.remove()
-    return StageResult(metrics, [(paths.metrics, None), (paths.grid, None), (paths.history, None)])
+    return StageResult(metrics, [(paths.metrics, None), (paths.grid, None), (paths.history, None),
+                                 (paths.loss_figure, None)])

@@ -91,9 +91,11 @@ def build_demo(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir: Path
     return {"judge": judge, "clip": clip, "vae": vae, "unet": unet}
 
 
-def build_pretrained(images: ImageSet, cfg: FoundationConfig, out_dir: Path, timer: Timer, device: str = "cpu") -> None:
+def build_pretrained(images: ImageSet, cfg: FoundationConfig, out_dir: Path, timer: Timer,
+                     device: str = "cpu") -> dict | None:
     """Resolve and snapshot SD, CLIP, the ImageNet judge and Inception weights under `out_dir`
-    (or install a released miniature foundation, checked against its release.json and the world)."""
+    (or install a released miniature foundation, checked against its release.json and the world).
+    Returns the release's release.json when one was installed, else None."""
     from .pretrained import (
         INCEPTION_FILE,
         check_image_size,
@@ -108,10 +110,10 @@ def build_pretrained(images: ImageSet, cfg: FoundationConfig, out_dir: Path, tim
         from .release import install_release
 
         with timer("release"):
-            components = install_release(cfg.pretrained.release, images, out_dir)
+            components, release = install_release(cfg.pretrained.release, images, out_dir)
         write_foundation_manifest(out_dir, "pretrained", components, {"feature_extractor": JUDGE_EXTRACTOR,
                                                                       "weights": "judge"})
-        return
+        return release
     components = {}
     with timer("stable_diffusion"):
         folder, components["stable_diffusion"] = resolve_stable_diffusion(cfg.pretrained)
@@ -133,17 +135,21 @@ def build_pretrained(images: ImageSet, cfg: FoundationConfig, out_dir: Path, tim
 
 def build_foundation(images: ImageSet, cfg: FoundationConfig, seed: int, out_dir: str | Path, device: str = "cpu"):
     """Build into the (new, empty) folder `out_dir` on `device`; reload it and measure. Returns (metrics, figures)."""
-    out_dir, timer = Path(out_dir), Timer()
+    out_dir, timer, release = Path(out_dir), Timer(), None
     start = time.perf_counter()
     if cfg.source == "demo":
         check_demo_image_size(cfg, int(images.images.shape[1]))
         build_demo(images, cfg, seed, out_dir, timer, device)
     else:
-        build_pretrained(images, cfg, out_dir, timer, device)
+        release = build_pretrained(images, cfg, out_dir, timer, device)
     with timer("evaluate"):
         foundation = load_foundation(out_dir, device)
         own_judge = cfg.source == "demo" or bool(cfg.pretrained.release)  # a judge of this world's classes
         metrics, figures = measure_foundation(foundation, images, cfg.sample, seed, judge_metrics=own_judge)
+    if release is not None:  # a release must measure what its release.json records, or it is not installed
+        from .release import check_release_metrics
+
+        check_release_metrics(cfg.pretrained.release, release, metrics, cfg.sample, seed)
     timer.seconds["total"] = round(time.perf_counter() - start, 2)
     print(f"[foundation] total: {timer.seconds['total']:.1f} s", flush=True)
     metrics.update({f"seconds_{part}": value for part, value in timer.seconds.items()})

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import PRECISIONS, ConfigError, param
+from ..config import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LAYERS, MAX_SAMPLING_STEPS, MAX_STEPS, MAX_WIDTH,
+                      PRECISIONS, ConfigError, param)
 
 
 def check_groups(norm_num_groups: int, block_out_channels: list[int]) -> None:
@@ -17,10 +18,11 @@ def check_groups(norm_num_groups: int, block_out_channels: list[int]) -> None:
 class JudgeConfig:
     """Demo judge: a small CNN classifier of the synthetic classes."""
 
-    channels: list[int] = param([16, 32, 64], min=1, help="conv widths, one stride-2 stage each")
-    feature_dim: int = param(64, min=2, help="penultimate features (FID/KID space)")
-    epochs: int = param(8, min=1)
-    batch_size: int = param(64, min=1)
+    channels: list[int] = param([16, 32, 64], min=1, max=MAX_WIDTH, max_items=8,
+                                help="conv widths, one stride-2 stage each")
+    feature_dim: int = param(64, min=2, max=MAX_WIDTH, help="penultimate features (FID/KID space)")
+    epochs: int = param(8, min=1, max=MAX_EPOCHS)
+    batch_size: int = param(64, min=1, max=MAX_BATCH)
     lr: float = param(2e-3, min=0.0)
 
 
@@ -28,12 +30,12 @@ class JudgeConfig:
 class VAEConfig:
     """Demo `AutoencoderKL` (len(block_out_channels)-1 downsamplings)."""
 
-    block_out_channels: list[int] = param([16, 32, 32], min=1)
-    layers_per_block: int = param(1, min=1)
-    latent_channels: int = param(4, min=1)
-    norm_num_groups: int = param(4, min=1, help="GroupNorm groups (keep >= 4 channels per group)")
-    steps: int = param(600, min=1)
-    batch_size: int = param(32, min=1)
+    block_out_channels: list[int] = param([16, 32, 32], min=1, max=MAX_WIDTH, max_items=8)
+    layers_per_block: int = param(1, min=1, max=MAX_LAYERS)
+    latent_channels: int = param(4, min=1, max=64)
+    norm_num_groups: int = param(4, min=1, max=MAX_WIDTH, help="GroupNorm groups (keep >= 4 channels per group)")
+    steps: int = param(600, min=1, max=MAX_STEPS)
+    batch_size: int = param(32, min=1, max=MAX_BATCH)
     lr: float = param(2e-3, min=0.0)
     kl_weight: float = param(1e-6, min=0.0)
     init_logvar: float = param(-6.0, max=0.0, help="initial posterior log-variance (bias of quant_conv)")
@@ -47,17 +49,19 @@ class VAEConfig:
 class CLIPConfig:
     """Demo open_clip model (custom config, bundled OpenAI BPE tokenizer)."""
 
-    embed_dim: int = param(64, min=1)
+    embed_dim: int = param(64, min=1, max=MAX_WIDTH)
     vision: str = param("resnet", choices=["resnet", "vit"], help="image tower: CLIP's ModifiedResNet or a ViT")
-    vision_width: int = param(16, min=8, help="resnet: stem width (x32 at the output); vit: multiple of 64")
-    vision_layers: int = param(1, min=1, help="resnet: blocks per stage (4 stages); vit: transformer layers")
-    patch_size: int = param(4, min=1, help="vit only")
-    text_width: int = param(64, min=64, help="also the UNet cross-attention width")
-    text_heads: int = param(2, min=1)
-    text_layers: int = param(2, min=1)
-    context_length: int = param(77, min=8, help="tokens per caption = conditioning sequence length")
-    steps: int = param(400, min=1)
-    batch_size: int = param(64, min=1)
+    vision_width: int = param(16, min=8, max=MAX_WIDTH,
+                              help="resnet: stem width (x32 at the output); vit: multiple of 64")
+    vision_layers: int = param(1, min=1, max=MAX_LAYERS,
+                               help="resnet: blocks per stage (4 stages); vit: transformer layers")
+    patch_size: int = param(4, min=1, max=MAX_IMAGE_SIZE, help="vit only")
+    text_width: int = param(64, min=64, max=MAX_WIDTH, help="also the UNet cross-attention width")
+    text_heads: int = param(2, min=1, max=MAX_LAYERS)
+    text_layers: int = param(2, min=1, max=MAX_LAYERS)
+    context_length: int = param(77, min=8, max=1024, help="tokens per caption = conditioning sequence length")
+    steps: int = param(400, min=1, max=MAX_STEPS)
+    batch_size: int = param(64, min=1, max=MAX_BATCH)
     lr: float = param(1e-3, min=0.0)
 
     def __post_init__(self):
@@ -69,12 +73,12 @@ class CLIPConfig:
 class UNetConfig:
     """Demo `UNet2DConditionModel` on VAE latents, cross-attending to CLIP text states."""
 
-    block_out_channels: list[int] = param([48, 96], min=1)
-    layers_per_block: int = param(1, min=1)
-    attention_head_dim: int = param(8, min=1)
-    norm_num_groups: int = param(8, min=1)
-    steps: int = param(800, min=1)
-    batch_size: int = param(48, min=1)
+    block_out_channels: list[int] = param([48, 96], min=1, max=MAX_WIDTH, max_items=8)
+    layers_per_block: int = param(1, min=1, max=MAX_LAYERS)
+    attention_head_dim: int = param(8, min=1, max=MAX_WIDTH)
+    norm_num_groups: int = param(8, min=1, max=MAX_WIDTH)
+    steps: int = param(800, min=1, max=MAX_STEPS)
+    batch_size: int = param(48, min=1, max=MAX_BATCH)
     lr: float = param(2e-3, min=0.0)
     caption_dropout: float = param(0.1, min=0.0, max=1.0, help="fraction trained on the empty caption")
 
@@ -87,10 +91,11 @@ class SampleConfig:
     """How the demo is measured: caption-to-image generation."""
 
     guidance_scale: float = param(3.0, min=1.0)
-    inference_steps: int = param(10, min=1)
-    per_class: int = param(10, min=1, help="images generated per class caption")
-    grid_per_class: int = param(4, min=1, help="images per class in the PNG grids")
-    batch_size: int = param(100, min=1, help="images per UNet/VAE/judge/CLIP batch in the self-evaluation")
+    inference_steps: int = param(10, min=1, max=MAX_SAMPLING_STEPS)
+    per_class: int = param(10, min=1, max=10_000, help="images generated per class caption")
+    grid_per_class: int = param(4, min=1, max=100, help="images per class in the PNG grids")
+    batch_size: int = param(100, min=1, max=MAX_BATCH,
+                            help="images per UNet/VAE/judge/CLIP batch in the self-evaluation")
     mixed_precision: str = param("fp32", choices=PRECISIONS,
                                  help="autocast dtype of the caption-to-image sampling (auto: bf16 where native; fp16: GPU)")
 
@@ -108,7 +113,7 @@ class PretrainedConfig:
     clip_quickgelu: bool = param(True, help="QuickGELU activations (what OpenAI weights were trained with)")
     judge_arch: str = param("vit_h_14", help="torchvision classifier architecture")
     judge_weights: str = param("torchvision", help="'torchvision' (download) or a local state dict file")
-    judge_image_size: int = param(518, min=16, help="input size (ViT_H_14 DEFAULT weights: 518)")
+    judge_image_size: int = param(518, min=16, max=MAX_IMAGE_SIZE, help="input size (ViT_H_14 DEFAULT weights: 518)")
     inception_weights: str = param("download", help="'download' or a local torch-fidelity Inception file")
     release: str | None = param("models/release", help="a released miniature foundation folder (release.json; "
                                 "python -m dreamdiffusion.foundation.release): replaces every other field")

@@ -8,34 +8,46 @@ The folder is a foundation folder (stable_diffusion/, clip/, judge/, conditionin
 with float16 safetensors, plus `release.json`, written last: every setting, the git commit, the
 world it was trained for, the sha256 of the images it saw (and of every file in the folder) and its
 metrics. `foundation.source: pretrained` with `foundation.pretrained.release: <folder>` checks all
-of that against data/processed/images.h5 and installs it (float32) as models/foundation/.
+of that against data/processed/images.h5 (a file it does not list, or any but json and safetensors,
+is refused), installs it (float32) as models/foundation/, and keeps it only if the stage's own
+measurements match the metrics it records (METRIC_TOLERANCE): re-hashed weights are not the release.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import hashlib
+import math
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
-from ..config import UniqueKeyLoader, parse_config, to_dict
+from ..config import load_params_document, parse_config, to_dict
 from ..data.processed import ImageSet, load_images, read_processed
 from ..io import MANIFEST, DataError, atomic_path, sha256_file, verify_manifest, write_manifest
 from ..nested import merge_nested
-from .config import FoundationConfig, check_demo_image_size
+from .config import FoundationConfig, SampleConfig, check_demo_image_size
 
 RELEASE = "release.json"
 MODEL_PARTS = ("stable_diffusion", "clip", "judge", "conditioning")
 HALF_PARTS = ("stable_diffusion", "clip", "judge")  # conditioning stays float32 (it is tiny)
 USE_DEMO = "set foundation.source: demo (it trains a foundation on this world's own images)"
+# How far this stage's own measurement of an installed release may be from what its release.json
+# records (absolute; accuracies are fractions). On portable CPU kernels the two are identical (the
+# shipped release measures every recorded value exactly); the margin covers other kernels and devices
+# (2 of the default world's 40 val images). A constant, never read from release.json: a release cannot
+# widen its own check.
+METRIC_TOLERANCE = {"judge_val_acc": 0.05, "judge_recon_acc": 0.05, "clip_zeroshot_acc": 0.05,
+                    "caption_to_image_acc": 0.05, "vae_psnr": 0.5}
+SAMPLING = ("guidance_scale", "inference_steps", "per_class")  # foundation.sample: caption_to_image_acc depends on them
+RELEASE_FORMATS = (".json", ".safetensors")  # weights only: a release holds no pickle (.bin, .pt, .ckpt)
 # Miniature everything (the test size): a few training steps per part.
 TINY = {
     "judge": {"channels": [8, 16], "feature_dim": 16, "epochs": 2, "batch_size": 16},
@@ -50,10 +62,7 @@ TINY = {
 
 def release_settings(params: Path, tiny: bool) -> tuple[FoundationConfig, int]:
     """The demo foundation config (forced to `source: demo`) and the seed of a params file."""
-    try:
-        document = yaml.load(params.read_text(), Loader=UniqueKeyLoader) or {}
-    except FileNotFoundError:
-        raise DataError(f"{params}: params file not found") from None
+    document = load_params_document(params)
     section = merge_nested(document.get("foundation") or {}, TINY if tiny else {})
     section["source"] = "demo"  # the release trains the demo models, whatever params.yaml loads
     return parse_config(FoundationConfig, section, "foundation"), int(document.get("seed", 0))
@@ -138,27 +147,113 @@ def check_world(manifest: dict, images: ImageSet, folder: Path) -> None:
                         f"{USE_DEMO}")
 
 
+def rebuild_advice(folder: Path) -> str:
+    """What to do about a refused release."""
+    return f"rebuild it (python -m dreamdiffusion.foundation.release --out {folder}) or {USE_DEMO}"
+
+
+def nested(document, *keys):
+    """document[key][key]...: None where a level is missing or not a mapping (release.json is untrusted)."""
+    for key in keys:
+        document = document.get(key) if isinstance(document, dict) else None
+    return document
+
+
+def some(names: list[str]) -> str:
+    """The first few of `names`, comma-separated, with how many more."""
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return ", ".join(names[:5]) + more
+
+
+def folder_entries(folder: Path) -> list[str]:
+    """Every file, link or other non-folder entry under `folder` (links not followed), as sorted relative paths."""
+    found = []
+    for parent, dirs, files in os.walk(folder):
+        links = [name for name in dirs if os.path.islink(os.path.join(parent, name))]
+        found += [Path(parent, name).relative_to(folder).as_posix() for name in files + links]
+    return sorted(found)
+
+
+def check_listed_only(folder: Path, manifest: dict) -> None:
+    """Refuse files release.json does not list, and listed files that are not json or safetensors:
+    a release installs only what it hashes, and never a pickle."""
+    unlisted = [name for name in folder_entries(folder) if name not in manifest["files"] and name != RELEASE]
+    if unlisted:
+        raise DataError(f"{folder}: {some(unlisted)} not listed in {folder / RELEASE}: a release installs only "
+                        f"the files it lists and hashes; remove them or {rebuild_advice(folder)}")
+    pickled = [name for name in manifest["files"] if PurePosixPath(name).suffix not in RELEASE_FORMATS]
+    if pickled:
+        raise DataError(f"{folder / RELEASE}: lists {some(pickled)}: a release holds only "
+                        f"{' and '.join(RELEASE_FORMATS)} files (weights only, never a pickle); "
+                        f"{rebuild_advice(folder)}")
+
+
+def recorded_metrics(manifest: dict, folder: Path) -> dict[str, float]:
+    """What release.json records for the weights it ships (metrics.<settings.precision>): the metrics
+    METRIC_TOLERANCE checks, each a finite number."""
+    precision = nested(manifest, "settings", "precision")
+    for name in METRIC_TOLERANCE:
+        value = nested(manifest, "metrics", precision, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DataError(f"{folder / RELEASE}: metrics.{str(precision)[:20]}.{name} is {repr(value)[:40]}, "
+                            f"expected a finite number: the release cannot be checked against what it claims; "
+                            f"{rebuild_advice(folder)}")
+    return {name: float(nested(manifest, "metrics", precision, name)) for name in METRIC_TOLERANCE}
+
+
 def check_release(folder: str | Path, images: ImageSet) -> dict:
-    """Verify every file of a release against `release.json` and that it fits the world; return the manifest."""
+    """Verify every file of a release against `release.json` (no file unlisted, no pickle, its metrics
+    recorded) and that it fits the world; return the manifest."""
     folder = Path(folder).expanduser()
-    rebuild = f"rebuild it (python -m dreamdiffusion.foundation.release --out {folder}) or {USE_DEMO}"
-    manifest = verify_manifest(folder, "foundation", RELEASE, rebuild)
+    manifest = verify_manifest(folder, "foundation", RELEASE, rebuild_advice(folder))
     missing = [part for part in MODEL_PARTS if not (folder / part).is_dir()]
     if missing:
-        raise DataError(f"{folder}: not a released foundation ({', '.join(missing)} missing); {rebuild}")
+        raise DataError(f"{folder}: not a released foundation ({', '.join(missing)} missing); {rebuild_advice(folder)}")
+    check_listed_only(folder, manifest)
+    recorded_metrics(manifest, folder)
     check_world(manifest, images, folder)
     return manifest
 
 
-def install_release(folder: str | Path, images: ImageSet, out_dir: Path) -> dict:
-    """Check a release and copy its models (float32) into the foundation folder `out_dir`; return components."""
+def install_release(folder: str | Path, images: ImageSet, out_dir: Path) -> tuple[dict, dict]:
+    """Check a release and copy the model files it lists (float32) into the foundation folder `out_dir`;
+    return the components and the release's manifest."""
     folder = Path(folder).expanduser()
     manifest = check_release(folder, images)
-    for part in MODEL_PARTS:
-        shutil.copytree(folder / part, out_dir / part)
+    for name in manifest["files"]:
+        if PurePosixPath(name).parts[0] in MODEL_PARTS:
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(folder / name, out_dir / name)
     cast_weights(out_dir, HALF_PARTS, torch.float32)
-    revision = f"{manifest['git']['commit']} release.json sha256 {sha256_file(folder / RELEASE)}"
-    return {part: {"source": f"release:{folder}", "revision": revision} for part in MODEL_PARTS}
+    revision = f"{nested(manifest, 'git', 'commit')} release.json sha256 {sha256_file(folder / RELEASE)}"
+    return {part: {"source": f"release:{folder}", "revision": revision} for part in MODEL_PARTS}, manifest
+
+
+def sampling_note(manifest: dict, sample: SampleConfig, seed: int) -> str:
+    """Where this stage's caption sampling differs from the one release.json's metrics were measured at."""
+    ours = {**{key: getattr(sample, key) for key in SAMPLING}, "seed": seed}
+    theirs = {**{key: nested(manifest, "settings", "foundation", "sample", key) for key in SAMPLING},
+              "seed": nested(manifest, "settings", "seed")}
+    differ = [key for key in ours if ours[key] != theirs[key]]
+    if not differ:
+        return ""
+    return (f"; measured at {', '.join(f'{key} {ours[key]}' for key in differ)}, recorded at "
+            f"{', '.join(f'{key} {str(theirs[key])[:20]}' for key in differ)} (should that explain the gap, set "
+            f"foundation.sample and seed to the recorded values)")
+
+
+def check_release_metrics(folder: str | Path, manifest: dict, measured: dict, sample: SampleConfig,
+                          seed: int) -> None:
+    """Refuse an installed release whose models this stage does not measure as its release.json records
+    (within METRIC_TOLERANCE): weights changed and re-hashed do not pass as the release."""
+    folder = Path(folder).expanduser()
+    for name, recorded in recorded_metrics(manifest, folder).items():
+        if abs(measured[name] - recorded) > METRIC_TOLERANCE[name]:
+            note = sampling_note(manifest, sample, seed) if name == "caption_to_image_acc" else ""
+            raise DataError(f"{folder / RELEASE}: {name} is recorded as {recorded:.4f}, but this stage measures "
+                            f"{measured[name]:.4f} on the installed models (tolerance {METRIC_TOLERANCE[name]})"
+                            f"{note}: the release does not reach what it claims (its weights changed after it "
+                            f"was measured?), so it was not installed; {rebuild_advice(folder)}")
 
 
 def measure_release(folder: Path, images: ImageSet, cfg: FoundationConfig, seed: int, device: str) -> dict:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, param
+from ..config import MAX_LAYERS, MAX_WIDTH, ConfigError, param
 
 # DreamDiffusion s.3.1 and its official code; mlp_ratio is not part of it: 1.0 in the official code, ~4 in the paper.
 PRESETS = {
@@ -27,16 +27,16 @@ PRESETS = {
 class MAEConfig:
     """Shape of the EEG masked autoencoder; the encoder checkpoint carries it."""
 
-    channels: int = param(128, min=1, help="EEG channels (all enter every token)")
-    samples: int = param(512, min=1, help="time steps per window")
-    patch: int = param(4, min=1, help="time steps per token (paper: 4)")
-    width: int = param(64, min=1, help="encoder width D (paper: 1024)")
-    depth: int = param(4, min=1, help="encoder blocks (paper: 24)")
-    heads: int = param(4, min=1, help="encoder attention heads (paper: 16)")
-    mlp_ratio: float = param(1.0, min=0.01, help="MLP hidden / width: official code 1.0, paper ~4")
-    decoder_width: int = param(32, min=1, help="decoder width (paper: 512)")
-    decoder_depth: int = param(2, min=1, help="decoder blocks (paper: 8)")
-    decoder_heads: int = param(4, min=1, help="decoder attention heads (paper: 16)")
+    channels: int = param(128, min=1, max=1024, help="EEG channels (all enter every token)")
+    samples: int = param(512, min=1, max=16_384, help="time steps per window")
+    patch: int = param(4, min=1, max=16_384, help="time steps per token (paper: 4)")
+    width: int = param(64, min=1, max=MAX_WIDTH, help="encoder width D (paper: 1024)")
+    depth: int = param(4, min=1, max=MAX_LAYERS, help="encoder blocks (paper: 24)")
+    heads: int = param(4, min=1, max=MAX_LAYERS, help="encoder attention heads (paper: 16)")
+    mlp_ratio: float = param(1.0, min=0.01, max=64.0, help="MLP hidden / width: official code 1.0, paper ~4")
+    decoder_width: int = param(32, min=1, max=MAX_WIDTH, help="decoder width (paper: 512)")
+    decoder_depth: int = param(2, min=1, max=MAX_LAYERS, help="decoder blocks (paper: 8)")
+    decoder_heads: int = param(4, min=1, max=MAX_LAYERS, help="decoder attention heads (paper: 16)")
     mask_ratio: float = param(0.75, min=0.0, max=0.99, help="fraction of tokens masked (paper: 0.75)")
     norm_target: bool = param(False, help="normalise each target patch to zero mean, unit variance")
 

@@ -8,7 +8,7 @@ from typing import Callable
 from ..config import to_dict
 from ..data.processed import load_corpus, load_paired_eeg, read_processed
 from ..io import finite_metrics, sha256_file, write_json
-from ..plots import write_history_csv
+from ..plots import epoch_curves, write_history_csv
 from ..probe import probe_with_random_init
 from ..results import StageResult
 from .encoder import save_encoder
@@ -27,6 +27,7 @@ class PretrainPaths:
     checkpoints: Path  # resume checkpoints (not a stage output: a killed run resumes from here)
     metrics: Path  # json
     losses: Path  # csv: per-epoch train/val masked MSE (a DVC plot)
+    loss_figure: Path  # png: the same curves, axes labelled, the saved (last) epoch marked
     figure: Path  # png: a val window, its masked input and the reconstruction
 
 
@@ -57,6 +58,9 @@ def run(config: PretrainConfig, paths: PretrainPaths, seed: int, compute,
     model, last = result.model, result.history[-1]
     save_encoder(paths.encoder, model.encoder, extra={"pretrain": to_dict(config), "seed": seed})
     write_history_csv(result.history, paths.losses, ["train_loss", "val_loss", "lr"])
+    epoch_curves(result.history, {"train_loss": "train windows", "val_loss": "val recordings (held out)"},
+                 "masked-patch MSE (squared corpus units)", last["epoch"], f"saved encoder: last epoch ({last['epoch']})",
+                 paths.loss_figure)
     _, val_idx = split_by_recording(corpus.recording, config.val_fraction, seed)
     reconstruction_figure(model, corpus.eeg[val_idx[0] if len(val_idx) else 0], paths.figure, config.figure_channels, seed)
     metrics = {"train_mse": last["train_loss"], "val_mse": last["val_loss"], "params": count_parameters(model),
@@ -66,4 +70,5 @@ def run(config: PretrainConfig, paths: PretrainPaths, seed: int, compute,
     write_json(paths.metrics, finite_metrics(metrics))
     if not config.keep_checkpoints:  # finished and written: the resume state is no longer needed
         result.checkpoints.remove()
-    return StageResult(metrics, [(paths.metrics, None), (paths.losses, None), (paths.figure, None)])
+    return StageResult(metrics, [(paths.metrics, None), (paths.losses, None), (paths.loss_figure, None),
+                                 (paths.figure, None)])

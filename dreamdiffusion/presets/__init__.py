@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from ..config import ConfigError
+from ..config import ConfigError, load_params_document
 
 FOLDER = Path(__file__).parent
 
@@ -37,12 +35,8 @@ def available() -> list[str]:
 
 
 def load_preset(name: str) -> dict:
-    """The overrides of a preset, as nested dicts."""
-    path = preset_path(name)
-    overrides = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"{path}: expected a mapping of params sections, got {type(overrides).__name__}")
-    return overrides
+    """The overrides of a preset, as nested dicts (read as a params file: known sections only)."""
+    return load_params_document(preset_path(name))
 
 
 def merge(base: dict, overrides: dict, where: str = "") -> dict:

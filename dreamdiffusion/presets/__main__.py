@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import ConfigError
+from ..config import ConfigError, load_params_document
 from . import available, leaves, load_preset, merge, preset_path, validate
 
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.preset is None:
             raise ConfigError(f"{args.action}: name a preset ({', '.join(available())})")
         overrides = load_preset(args.preset)
-        validate(merge(yaml.safe_load(args.params.read_text()), overrides))
+        validate(merge(load_params_document(args.params), overrides))
     except ConfigError as err:
         print(f"presets: error: {err}", file=sys.stderr)
         return 2
