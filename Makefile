@@ -43,7 +43,7 @@ test-realscale: setup
 	pytest -q -s -m realscale
 
 ui: setup
-	@python -m dreamdiffusion.ui_url --port $${MLFLOW_PORT:-5000}
+	@python -m dreamdiffusion.tools.ui_url --port $${MLFLOW_PORT:-5000}
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui \
 		--backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns \
@@ -52,7 +52,7 @@ ui: setup
 # The DVC plots as PNGs + plots/index.html, drawn here (no vega from a CDN: works offline).
 # Compare revisions or experiments: make plots REVS="main exp-1a2b3".
 plots: setup
-	python -m dreamdiffusion.plots_offline $(REVS) --out plots
+	python -m dreamdiffusion.tools.plots_offline $(REVS) --out plots
 
 clean-venv:
 	rm -rf $(VENV) $(TOOLS)

@@ -41,7 +41,7 @@ def timed_stage(repo: Path, stage: str, busy: int) -> float:
 
 
 def main() -> int:
-    from dreamdiffusion.ablation.queue import parse_sets  # key.sub=value strings -> nested overrides
+    from dreamdiffusion.tools.ablation.queue import parse_sets  # key.sub=value strings -> nested overrides
     from pipeline import make_repo_copy, run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from dreamdiffusion.config import load_params, parse_config, to_dict, with_overrides
+from dreamdiffusion.core.config import load_params, parse_config, to_dict, with_overrides
 from dreamdiffusion.foundation.clip_mini import train_clip
 from dreamdiffusion.foundation.config import FoundationConfig
 from dreamdiffusion.foundation.judge import train_judge

@@ -44,7 +44,7 @@ TINY = Scale(pixels=64, pretrain_batch=2, pretrain_steps=1, finetune_batch=1, fi
 
 def mae_config(scale: Scale):
     """The paper-preset MAE (mlp_ratio 4), or a toy one."""
-    from dreamdiffusion.mae.model import MAEConfig
+    from dreamdiffusion.pretrain.model import MAEConfig
 
     if scale.tiny:
         return MAEConfig(patch=64, width=16, depth=1, heads=2, decoder_width=8, decoder_heads=2)
@@ -97,8 +97,8 @@ def pretrain_row(official: bool, scale: Scale, device) -> dict:
     """MAE training throughput: ours (bf16, SDPA) or the official setup (fp16 + scaler, math attention)."""
     import torch
 
-    from dreamdiffusion.compute import set_attention
-    from dreamdiffusion.mae.model import MaskedAutoencoder, param_groups
+    from dreamdiffusion.core.compute import set_attention
+    from dreamdiffusion.pretrain.model import MaskedAutoencoder, param_groups
 
     config = mae_config(scale)
     model = MaskedAutoencoder(config).to(device)
@@ -125,7 +125,7 @@ def pretrain_row(official: bool, scale: Scale, device) -> dict:
 
 def conditioner(scale: Scale, unet, device):
     """Our EEG conditioner on the paper encoder, shaped for `unet` (SD 1.5: 77 x 768 tokens, CLIP 768)."""
-    from dreamdiffusion.config import to_dict
+    from dreamdiffusion.core.config import to_dict
     from dreamdiffusion.finetune.model import ConditionerConfig, EEGConditioner, unet_time_dim
 
     cfg = ConditionerConfig(encoder=to_dict(mae_config(scale)), cond_tokens=77, cond_width=unet.config.cross_attention_dim,
@@ -138,10 +138,11 @@ def finetune_row(scale: Scale, device) -> dict:
     import torch
     from diffusers import DDPMScheduler
 
-    from dreamdiffusion.compute import ComputeConfig, prepare_module
+    from dreamdiffusion.core.compute import ComputeConfig, prepare_module
     from dreamdiffusion.finetune.engine import Models, losses
     from dreamdiffusion.finetune.model import TimeConditioning
-    from dreamdiffusion.finetune.train import FinetuneConfig, make_optimizer
+    from dreamdiffusion.finetune.config import FinetuneConfig
+    from dreamdiffusion.finetune.train import make_optimizer
     from dreamdiffusion.finetune.trainable import parameter_counts, set_unet_trainable
     from dreamdiffusion.foundation.shapes import SD15_SCHEDULE
 

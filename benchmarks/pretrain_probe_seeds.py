@@ -26,10 +26,11 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
-    from dreamdiffusion.config import load_params, with_overrides
-    from dreamdiffusion.data.processed import load_corpus, load_paired_eeg
-    from dreamdiffusion.mae.train import PretrainConfig, train
-    from dreamdiffusion.probe import POOLINGS, probe_with_random_init
+    from dreamdiffusion.core.config import load_params, with_overrides
+    from dreamdiffusion.preprocess.processed import load_corpus, load_paired_eeg
+    from dreamdiffusion.pretrain.config import PretrainConfig
+    from dreamdiffusion.pretrain.train import train
+    from dreamdiffusion.pretrain.probe import POOLINGS, probe_with_random_init
 
     config = with_overrides(load_params(args.params, {"pretrain": PretrainConfig})["pretrain"], args.overrides, "pretrain")
     corpus = load_corpus("data/processed/corpus.h5")

@@ -24,8 +24,8 @@ PARAMS = "params.yaml"
 
 def model_config(preset: str, params_file: str):
     """The demo model from params.yaml, or the paper preset applied to it."""
-    from dreamdiffusion.config import parse_config
-    from dreamdiffusion.mae.train import PretrainConfig
+    from dreamdiffusion.core.config import parse_config
+    from dreamdiffusion.pretrain.config import PretrainConfig
 
     section = yaml.safe_load(open(params_file)).get("pretrain", {})
     config = parse_config(PretrainConfig, section, "pretrain")
@@ -37,7 +37,7 @@ def measure(preset: str, batch_size: int, steps: int, device: str, precision: st
     """Time `steps` training steps of one preset in this process."""
     import torch
 
-    from dreamdiffusion.mae.model import MaskedAutoencoder, count_parameters, param_groups
+    from dreamdiffusion.pretrain.model import MaskedAutoencoder, count_parameters, param_groups
 
     config = model_config(preset, params_file)
     if mlp_ratio is not None:

@@ -10,7 +10,7 @@ or native CPU kernels, and whether the numbers agree.
     python benchmarks/repro_time.py --runs 2                   # two fresh copies; compares every metric
     python benchmarks/repro_time.py --compare metrics          # one run, compared with this tree's metrics/
 
-Portable kernels (the default, dreamdiffusion.kernels) are what an AVX2-only CPU runs: torch's own
+Portable kernels (the default, dreamdiffusion.core.kernels) are what an AVX2-only CPU runs: torch's own
 kernels at ATEN_CPU_CAPABILITY=avx2, oneDNN's convolutions and matmuls at ONEDNN_MAX_CPU_ISA=AVX2,
 MKL's GEMMs at MKL_ENABLE_INSTRUCTIONS=AVX2; `native-avx2` forces the same caps from the environment
 on a native run (bf16 is then emulated, ~17-22x slower than fp32). Neither reproduces an AVX2-only

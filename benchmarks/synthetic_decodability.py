@@ -15,7 +15,26 @@ import tempfile
 import time
 from pathlib import Path
 
-from dreamdiffusion.data.synthetic import SyntheticConfig, generate_world, probe_decodability
+import numpy as np
+
+from dreamdiffusion.core.fileio import safe_torch_load
+from dreamdiffusion.download.synthetic import SyntheticConfig, generate_world, probe_features
+from dreamdiffusion.pretrain.probe import probe_classifier
+
+
+def probe_decodability(eeg_file: Path, splits_file: Path, split: int = 0, bins: int = 16,
+                       C: float = 0.01) -> dict:
+    """Single-trial class decoding by logistic regression: train on `train`, score on `val`."""
+    start = time.perf_counter()
+    features, labels, trials = probe_features(eeg_file, bins)
+    parts = safe_torch_load(splits_file)["splits"][split]
+    train, val = (np.isin(trials, parts[name]) for name in ("train", "val"))
+    model = probe_classifier(C)
+    model.fit(features[train], labels[train])
+    return {"train_acc": float(model.score(features[train], labels[train])),
+            "val_acc": float(model.score(features[val], labels[val])),
+            "n_train": int(train.sum()), "n_val": int(val.sum()),
+            "chance": float(1 / len(np.unique(labels))), "seconds": time.perf_counter() - start}
 
 
 def main() -> None:

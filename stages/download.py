@@ -2,11 +2,11 @@
 import _bootstrap  # noqa: F401  (first: this checkout's dreamdiffusion and CPU kernels, before torch loads)
 from pathlib import Path
 
-from dreamdiffusion.cli import run_stage
-from dreamdiffusion.data import download
-from dreamdiffusion.tracking import TrackingConfig
+from dreamdiffusion.core.cli import run_stage
+from dreamdiffusion.core.sections import stage_params
+from dreamdiffusion.download import run as download
 
-PARAMS = {"seed": int, "tracking": TrackingConfig, "download": download.DownloadConfig}
+PARAMS = stage_params("download")
 PATHS = download.DownloadPaths(raw=Path("data/raw"))
 
 

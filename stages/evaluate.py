@@ -2,15 +2,13 @@
 import _bootstrap  # noqa: F401  (first: this checkout's dreamdiffusion and CPU kernels, before torch loads)
 from pathlib import Path
 
-import dreamdiffusion.offline  # noqa: F401  (first: models load from models/ only, never from the hub)
-from dreamdiffusion.cli import run_stage
-from dreamdiffusion.compute import ComputeConfig
-from dreamdiffusion.evaluation import run as evaluate
-from dreamdiffusion.evaluation.report import EvaluateConfig
-from dreamdiffusion.headline import details_path
-from dreamdiffusion.tracking import TrackingConfig
+import dreamdiffusion.core.offline  # noqa: F401  (first: models load from models/ only, never from the hub)
+from dreamdiffusion.core.cli import run_stage
+from dreamdiffusion.core.results import details_path
+from dreamdiffusion.core.sections import stage_params
+from dreamdiffusion.evaluate import run as evaluate
 
-PARAMS = {"seed": int, "tracking": TrackingConfig, "compute": ComputeConfig, "evaluate": EvaluateConfig}
+PARAMS = stage_params("evaluate")
 PATHS = evaluate.EvaluatePaths(
     foundation=Path("models/foundation"), finetune=Path("models/finetune"), eeg=Path("data/processed/eeg.h5"),
     images=Path("data/processed/images.h5"), generated=Path("data/generated"), metrics=details_path("evaluate"),

@@ -8,15 +8,14 @@ unless `finetune.keep_checkpoints`. `compute.processes: N` trains on N processes
 import _bootstrap  # noqa: F401  (first: this checkout's dreamdiffusion and CPU kernels, before torch loads)
 from pathlib import Path
 
-import dreamdiffusion.offline  # noqa: F401  (first: models load from models/ only, never from the hub)
-from dreamdiffusion.cli import run_stage
-from dreamdiffusion.compute import ComputeConfig
+import dreamdiffusion.core.offline  # noqa: F401  (first: models load from models/ only, never from the hub)
+from dreamdiffusion.core.cli import run_stage
+from dreamdiffusion.core.results import details_path
+from dreamdiffusion.core.sections import stage_params
+from dreamdiffusion.core.tracking import project_root
 from dreamdiffusion.finetune import run as finetune
-from dreamdiffusion.finetune.train import FinetuneConfig
-from dreamdiffusion.headline import details_path
-from dreamdiffusion.tracking import TrackingConfig, project_root
 
-PARAMS = {"seed": int, "tracking": TrackingConfig, "compute": ComputeConfig, "finetune": FinetuneConfig}
+PARAMS = stage_params("finetune")
 PATHS = finetune.FinetunePaths(
     foundation=Path("models/foundation"), encoder=Path("models/pretrain"), eeg=Path("data/processed/eeg.h5"),
     images=Path("data/processed/images.h5"), model=Path("models/finetune"),

@@ -5,22 +5,20 @@ Reads only data/processed/images.h5 (train + extra images to train, val to measu
 import _bootstrap  # noqa: F401  (first: this checkout's dreamdiffusion and CPU kernels, before torch loads)
 from pathlib import Path
 
-from dreamdiffusion.cli import run_stage
-from dreamdiffusion.compute import ComputeConfig
-from dreamdiffusion.foundation import build
-from dreamdiffusion.foundation.config import FoundationConfig
-from dreamdiffusion.headline import details_path
-from dreamdiffusion.tracking import TrackingConfig
+from dreamdiffusion.core.cli import run_stage
+from dreamdiffusion.core.results import details_path
+from dreamdiffusion.core.sections import stage_params
+from dreamdiffusion.foundation import run as foundation
 
-PARAMS = {"seed": int, "tracking": TrackingConfig, "compute": ComputeConfig, "foundation": FoundationConfig}
-PATHS = build.FoundationPaths(images=Path("data/processed/images.h5"), models=Path("models/foundation"),
+PARAMS = stage_params("foundation")
+PATHS = foundation.FoundationPaths(images=Path("data/processed/images.h5"), models=Path("models/foundation"),
                               metrics=details_path("foundation"),
                               recon_figure=Path("metrics/foundation_recon.png"),
                               captions_figure=Path("metrics/foundation_captions.png"))
 
 
 def main(params: dict, log):
-    return build.run(params["foundation"], PATHS, params["seed"], params["compute"])
+    return foundation.run(params["foundation"], PATHS, params["seed"], params["compute"])
 
 
 if __name__ == "__main__":

@@ -2,20 +2,19 @@
 import _bootstrap  # noqa: F401  (first: this checkout's dreamdiffusion and CPU kernels, before torch loads)
 from pathlib import Path
 
-import dreamdiffusion.offline  # noqa: F401  (first: models load from models/ only, never from the hub)
-from dreamdiffusion import generation
-from dreamdiffusion.cli import run_stage
-from dreamdiffusion.compute import ComputeConfig
-from dreamdiffusion.tracking import TrackingConfig
+import dreamdiffusion.core.offline  # noqa: F401  (first: models load from models/ only, never from the hub)
+from dreamdiffusion.core.cli import run_stage
+from dreamdiffusion.core.sections import stage_params
+from dreamdiffusion.generate import run as generate
 
-PARAMS = {"seed": int, "tracking": TrackingConfig, "compute": ComputeConfig, "generate": generation.GenerateConfig}
-PATHS = generation.GeneratePaths(
+PARAMS = stage_params("generate")
+PATHS = generate.GeneratePaths(
     foundation=Path("models/foundation"), finetune=Path("models/finetune"), eeg=Path("data/processed/eeg.h5"),
     images=Path("data/processed/images.h5"), out=Path("data/generated"), overview=Path("metrics/generate_overview.png"))
 
 
 def main(params: dict, log):
-    return generation.run(params["generate"], PATHS, params["seed"], params["compute"])
+    return generate.run(params["generate"], PATHS, params["seed"], params["compute"])
 
 
 if __name__ == "__main__":

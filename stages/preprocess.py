@@ -3,12 +3,12 @@ import _bootstrap  # noqa: F401  (first: this checkout's dreamdiffusion and CPU 
 import dataclasses
 from pathlib import Path
 
-from dreamdiffusion.cli import run_stage
-from dreamdiffusion.data import preprocess
-from dreamdiffusion.headline import details_path
-from dreamdiffusion.tracking import TrackingConfig
+from dreamdiffusion.core.cli import run_stage
+from dreamdiffusion.core.results import details_path
+from dreamdiffusion.core.sections import stage_params
+from dreamdiffusion.preprocess import run as preprocess
 
-PARAMS = {"tracking": TrackingConfig, "preprocess": preprocess.PreprocessConfig}
+PARAMS = stage_params("preprocess")
 PROCESSED = Path("data/processed")
 PATHS = preprocess.PreprocessPaths(
     raw=Path("data/raw"),

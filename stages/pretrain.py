@@ -9,14 +9,13 @@ stage under `accelerate launch`; only the main process writes outputs.
 import _bootstrap  # noqa: F401  (first: this checkout's dreamdiffusion and CPU kernels, before torch loads)
 from pathlib import Path
 
-from dreamdiffusion.cli import run_stage
-from dreamdiffusion.compute import ComputeConfig
-from dreamdiffusion.headline import details_path
-from dreamdiffusion.mae import run as pretrain
-from dreamdiffusion.mae.train import PretrainConfig
-from dreamdiffusion.tracking import TrackingConfig, project_root
+from dreamdiffusion.core.cli import run_stage
+from dreamdiffusion.core.results import details_path
+from dreamdiffusion.core.sections import stage_params
+from dreamdiffusion.core.tracking import project_root
+from dreamdiffusion.pretrain import run as pretrain
 
-PARAMS = {"seed": int, "tracking": TrackingConfig, "compute": ComputeConfig, "pretrain": PretrainConfig}
+PARAMS = stage_params("pretrain")
 PATHS = pretrain.PretrainPaths(
     corpus=Path("data/processed/corpus.h5"), paired=Path("data/processed/eeg.h5"), encoder=Path("models/pretrain"),
     checkpoints=project_root() / "checkpoints/pretrain", metrics=details_path("pretrain"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from dreamdiffusion.nested import merge_nested
+from dreamdiffusion.core.nested import merge_nested
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from dreamdiffusion.ablation import ROW_NAMES, experiment_name, parse_name
-from dreamdiffusion.ablation.__main__ import main
-from dreamdiffusion.ablation.queue import queue_active
-from dreamdiffusion.ablation.report import collect, common_settings, disagreements, markdown, summarize
+from dreamdiffusion.tools.ablation import ROW_NAMES, experiment_name, parse_name
+from dreamdiffusion.tools.ablation.__main__ import main
+from dreamdiffusion.tools.ablation.queue import queue_active
+from dreamdiffusion.tools.ablation.report import collect, common_settings, disagreements, markdown, summarize
 
 BASE_PARAMS = {"seed": 0, "finetune": {"val_every": 6, "epochs": 12, "clip_weight": 1.0}}
 

@@ -33,14 +33,15 @@ import pytest
 import torch
 import yaml
 
-from dreamdiffusion.data.processed import SPLIT_CODES, load_images
+from dreamdiffusion.preprocess.processed import SPLIT_CODES, load_images
 from dreamdiffusion.finetune.load import save_finetuned
-from dreamdiffusion.finetune.train import FinetuneConfig, build_models
-from dreamdiffusion.foundation.build import Timer, build_demo
+from dreamdiffusion.finetune.config import FinetuneConfig
+from dreamdiffusion.finetune.train import build_models
+from dreamdiffusion.foundation.demo import Timer, build_demo
 from dreamdiffusion.foundation.load import load_foundation
-from dreamdiffusion.io import atomic_path
-from dreamdiffusion.mae.encoder import save_encoder
-from dreamdiffusion.mae.model import EEGEncoder, MAEConfig
+from dreamdiffusion.core.fileio import atomic_path
+from dreamdiffusion.pretrain.encoder import save_encoder
+from dreamdiffusion.pretrain.model import EEGEncoder, MAEConfig
 from pipeline import environment, make_repo_copy, merge
 from realschema import (image_file, make_real_schema_set, read_eeg_file, read_splits_file, write_eeg_file,
                         write_splits_file)
@@ -310,7 +311,7 @@ def hostile_zip(ctx, name: str) -> list[str]:
 def server_dies(ctx):
     base = ctx.request.getfixturevalue("server")
     Handler.drops = 10 ** 6  # every attempt: half the body, then the connection closes
-    ctx.monkeypatch.setattr("dreamdiffusion.data.fetch.time.sleep", lambda seconds: None)
+    ctx.monkeypatch.setattr("dreamdiffusion.download.fetch.time.sleep", lambda seconds: None)
     url_set(ctx, eeg_url=f"{base}/drop", eeg_sha256=GOOD)
     return [f"{base}/drop", "download failed after 4 attempt(s)", "connection closed"]
 
@@ -527,14 +528,14 @@ def model_loaded(*args, **kwargs):
 
 def plan_over_memory(ctx):
     """`generate` asked for 100 + 100 images per test trial on a machine with 1 MiB free."""
-    ctx.monkeypatch.setattr("dreamdiffusion.compute.available_memory", lambda: 2 ** 20)
+    ctx.monkeypatch.setattr("dreamdiffusion.core.compute.available_memory", lambda: 2 ** 20)
     ctx.monkeypatch.setattr("dreamdiffusion.finetune.load.load_generator", model_loaded)
     set_params(ctx.repo, {"generate": {"samples_per_eeg": 100, "control_samples": 100}})
 
 
 def refused_fast_and_short(stage: str) -> Callable:
     """A `then`: parsing the params file fails within a second, and the stage's refusal is a short message."""
-    from dreamdiffusion.config import ConfigError, load_params_document
+    from dreamdiffusion.core.config import ConfigError, load_params_document
 
     def then(ctx):
         start = time.perf_counter()
@@ -563,10 +564,10 @@ def remeasure_release(repo: Path) -> None:
     (as `python -m dreamdiffusion.foundation.release` records it for the world it trains on)."""
     import json
 
-    from dreamdiffusion.config import parse_config, to_dict
+    from dreamdiffusion.core.config import parse_config, to_dict
     from dreamdiffusion.foundation.config import FoundationConfig
     from dreamdiffusion.foundation.release import RELEASE, measure_release
-    from dreamdiffusion.io import write_json
+    from dreamdiffusion.core.fileio import write_json
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     cfg = parse_config(FoundationConfig, params["foundation"], "foundation")
@@ -597,7 +598,7 @@ def reseal_release(folder: Path) -> None:
     import json
 
     from dreamdiffusion.foundation.release import RELEASE, reseal
-    from dreamdiffusion.io import write_manifest
+    from dreamdiffusion.core.fileio import write_manifest
 
     reseal(folder)
     manifest = json.loads((folder / RELEASE).read_text())
@@ -755,7 +756,7 @@ def outputs_new_and_run_not_recorded(ctx):
     """Outputs and records agree: every output rewritten and complete, and no run of the stage in the store."""
     from mlflow.tracking import MlflowClient
 
-    from dreamdiffusion.data.processed import load_paired_eeg
+    from dreamdiffusion.preprocess.processed import load_paired_eeg
 
     ctx.db.execute("ROLLBACK")
     assert all((ctx.repo / path).stat().st_mtime_ns > before for path, before in ctx.outputs.items())

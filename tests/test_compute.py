@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import dreamdiffusion.compute as compute
-from dreamdiffusion.compute import (ComputeConfig, autocast_dtype, compute_record, is_launched, launch_command,
-                                    native_bf16, prepare_module, relaunch, resolve_device, resolve_precision)
-from dreamdiffusion.config import ConfigError, parse_config
-from dreamdiffusion.data.processed import H5Array, take, write_h5
-from dreamdiffusion.io import DataError
-from dreamdiffusion.mae.model import MAEConfig, MaskedAutoencoder
+import dreamdiffusion.core.compute as compute
+from dreamdiffusion.core.compute import ComputeConfig, autocast_dtype, compute_record, is_launched, launch_command, native_bf16, prepare_module, relaunch, resolve_device, resolve_precision
+from dreamdiffusion.core.config import ConfigError, parse_config
+from dreamdiffusion.preprocess.processed import H5Array, take, write_h5
+from dreamdiffusion.core.fileio import DataError
+from dreamdiffusion.pretrain.model import MAEConfig, MaskedAutoencoder
 
 
 def test_device_resolution_and_precision_checks(monkeypatch):
@@ -126,7 +125,7 @@ def test_h5_array_reads_rows_in_any_order_and_views_nest(tmp_path):
 
 
 def test_progress_bars_are_sparse_outside_a_terminal(monkeypatch):
-    from dreamdiffusion.progress import LOG_INTERVAL, progress
+    from dreamdiffusion.core.progress import LOG_INTERVAL, progress
 
     monkeypatch.setattr("sys.stderr", io.StringIO())  # not a TTY
     bar = progress(range(3), desc="x", file=io.StringIO())
@@ -168,7 +167,7 @@ def test_auto_threads_leave_the_cores_other_processes_keep_busy(monkeypatch):
 
 
 def test_the_kernel_choice_is_read_from_params_and_portable_by_default(tmp_path):
-    from dreamdiffusion.kernels import kernel_choice
+    from dreamdiffusion.core.kernels import kernel_choice
 
     params = tmp_path / "params.yaml"
     assert kernel_choice(params) == "portable"  # no file: the stage's own parsing reports it
@@ -189,7 +188,7 @@ def test_portable_kernels_cap_torch_at_avx2_before_it_loads(choice):
     import subprocess
     import sys
 
-    code = ("from dreamdiffusion.kernels import apply_kernel_choice; import sys; "
+    code = ("from dreamdiffusion.core.kernels import apply_kernel_choice; import sys; "
             f"apply_kernel_choice({choice!r}); import torch; print(torch.backends.cpu.get_cpu_capability())")
     env = {k: v for k, v in os.environ.items() if k not in compute.PORTABLE}
     found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
@@ -200,5 +199,5 @@ def test_portable_kernels_cap_torch_at_avx2_before_it_loads(choice):
     elif unforced.strip() in ("AVX512", "AMX", "AVX2"):  # an x86-64 CPU with at least AVX2
         assert found.strip() == "AVX2"
     with pytest.raises(RuntimeError, match="before torch"):  # torch is loaded in this process: too late
-        from dreamdiffusion.kernels import apply_kernel_choice
+        from dreamdiffusion.core.kernels import apply_kernel_choice
         apply_kernel_choice("portable")

@@ -5,8 +5,7 @@ import time
 
 import pytest
 
-from dreamdiffusion.config import (MAX_MESSAGE_CHARS, MAX_PARAMS, MAX_YAML_BYTES, ConfigError, UniqueKeyLoader,
-                                   load_params, load_params_document, param, parse_config, with_overrides)
+from dreamdiffusion.core.config import MAX_MESSAGE_CHARS, MAX_PARAMS, MAX_YAML_BYTES, ConfigError, UniqueKeyLoader, load_params, load_params_document, param, parse_config, with_overrides
 
 
 @dataclasses.dataclass(frozen=True)

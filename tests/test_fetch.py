@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from dreamdiffusion.data.fetch import fetch_file
-from dreamdiffusion.io import DataError
+from dreamdiffusion.download.fetch import fetch_file
+from dreamdiffusion.core.fileio import DataError
 
 BODY = bytes(range(256)) * 4096 + b"tail"  # ~1 MiB, more than one read chunk
 GOOD = hashlib.sha256(BODY).hexdigest()

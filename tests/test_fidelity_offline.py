@@ -10,8 +10,8 @@ from PIL import Image
 from dreamdiffusion.foundation.judge_extractor import FeaturesAndLogits
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from dreamdiffusion.evaluation import fidelity_metrics
-from dreamdiffusion.io import DataError
+from dreamdiffusion.evaluate.fidelity import fidelity_metrics
+from dreamdiffusion.core.fileio import DataError
 
 TINY = "dreamdiffusion-test-tiny"
 

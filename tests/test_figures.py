@@ -7,8 +7,10 @@ import pytest
 import torch
 from PIL import Image, ImageColor
 
-from dreamdiffusion.generation import GenerateConfig, plan, write_grids
-from dreamdiffusion.plots import GAP, MIN_FIGURE_PX, SELECTED_COLOR, GridRow, epoch_curves, labelled_grid
+from dreamdiffusion.generate.config import GenerateConfig
+from dreamdiffusion.generate.run import plan
+from dreamdiffusion.generate.figures import write_grids
+from dreamdiffusion.core.plots import GAP, MIN_FIGURE_PX, SELECTED_COLOR, GridRow, epoch_curves, labelled_grid
 
 SOURCE_PX = 32  # the demo's image size
 
@@ -128,7 +130,7 @@ def test_finetune_val_grid_rows_per_class_with_the_next_rows_eeg_as_control(tmp_
     """The control of row k is generated from row k+1's EEG with row k's seed: with a generator that
     draws a colour from the EEG alone, it equals row k+1's sample."""
     from dreamdiffusion.finetune import run as finetune_run
-    from dreamdiffusion.finetune.train import FinetuneConfig
+    from dreamdiffusion.finetune.config import FinetuneConfig
 
     def from_eeg(conditioner, unet, vae, scheduler, eeg, seeds, steps, guidance):
         level = eeg[:, 0, 0].view(-1, 1, 1, 1) / 16

@@ -13,18 +13,19 @@ import torch
 from test_foundation import make_image_set, tiny_config
 from torch.utils.data import DataLoader
 
-from dreamdiffusion.config import ConfigError, parse_config
-from dreamdiffusion.data.processed import SPLIT_CODES, load_paired_eeg, write_h5
-from dreamdiffusion.finetune.data import cached_features, finetune_data, write_features
+from dreamdiffusion.core.config import ConfigError, parse_config
+from dreamdiffusion.preprocess.processed import SPLIT_CODES, load_paired_eeg, write_h5
+from dreamdiffusion.finetune.dataset import cached_features, finetune_data, write_features
 from dreamdiffusion.finetune.engine import losses
 from dreamdiffusion.finetune.load import load_generator, save_finetuned
 from dreamdiffusion.finetune.model import TimeConditioning
-from dreamdiffusion.finetune.train import FinetuneConfig, build_models, finetune, is_better
+from dreamdiffusion.finetune.config import FinetuneConfig
+from dreamdiffusion.finetune.train import build_models, finetune, is_better
 from dreamdiffusion.finetune.trainable import cross_attention_modules
-from dreamdiffusion.foundation.build import Timer, build_demo
+from dreamdiffusion.foundation.demo import Timer, build_demo
 from dreamdiffusion.foundation.load import load_foundation
-from dreamdiffusion.mae.encoder import save_encoder
-from dreamdiffusion.mae.model import EEGEncoder, MAEConfig
+from dreamdiffusion.pretrain.encoder import save_encoder
+from dreamdiffusion.pretrain.model import EEGEncoder, MAEConfig
 
 TINY = FinetuneConfig(epochs=2, align_epochs=0, batch_size=4, lr=1e-3, val_every=1, val_trials=3, val_steps=2, nway=3, nway_draws=5,
                       checkpoint_every=1, log_every=1)
@@ -228,8 +229,8 @@ import json, os, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from test_finetune import make_models
-from dreamdiffusion.config import parse_config
-from dreamdiffusion.data.processed import load_images
+from dreamdiffusion.core.config import parse_config
+from dreamdiffusion.preprocess.processed import load_images
 from dreamdiffusion.finetune.train import FinetuneConfig, finetune
 
 root = Path(sys.argv[2])

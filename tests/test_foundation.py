@@ -12,22 +12,18 @@ import torch
 import yaml
 from PIL import Image
 
-from dreamdiffusion.config import ConfigError, parse_config
-from dreamdiffusion.data.processed import SPLIT_CODES, ImageSet, load_images, write_h5
-from dreamdiffusion.foundation import FoundationConfig, load_foundation
-from dreamdiffusion.foundation.build import Timer, build_demo, build_foundation, caption_states
-from dreamdiffusion.foundation.clip_mini import (
-    clip_tensor_transform,
-    load_clip,
-    save_clip,
-    text_token_states,
-    train_clip,
-)
+from dreamdiffusion.core.config import ConfigError, parse_config
+from dreamdiffusion.preprocess.processed import SPLIT_CODES, ImageSet, load_images, write_h5
+from dreamdiffusion.foundation.config import FoundationConfig
+from dreamdiffusion.foundation.load import load_foundation
+from dreamdiffusion.foundation.demo import Timer, build_demo, caption_states
+from dreamdiffusion.foundation.run import build_foundation
+from dreamdiffusion.foundation.clip_mini import clip_tensor_transform, load_clip, save_clip, text_token_states, train_clip
 from dreamdiffusion.foundation.images import to_float_images
 from dreamdiffusion.foundation.judge import predict
 from dreamdiffusion.foundation.judge_extractor import JUDGE_EXTRACTOR, register_judge_extractor
 from dreamdiffusion.foundation.text_to_image import images_from_captions
-from dreamdiffusion.io import DataError, sha256_file
+from dreamdiffusion.core.fileio import DataError, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = np.array([[220, 40, 40], [40, 200, 40], [40, 60, 220]])
@@ -183,9 +179,9 @@ def test_sampling_precision_changes_caption_images_and_fp16_on_the_cpu_is_refuse
     from fp32 ones, slightly), and fp16 on the CPU is refused with the key named."""
     import dataclasses
 
-    from dreamdiffusion.compute import ComputeConfig
-    from dreamdiffusion.foundation.build import FoundationPaths, run
-    from dreamdiffusion.foundation.evaluate import measure_foundation
+    from dreamdiffusion.core.compute import ComputeConfig
+    from dreamdiffusion.foundation.run import FoundationPaths, run
+    from dreamdiffusion.foundation.measure import measure_foundation
 
     foundation, cfg = load_foundation(demo[0]), tiny_config().sample
     figures = [measure_foundation(foundation, images, dataclasses.replace(cfg, mixed_precision=mp), 0)[1]["captions"]

@@ -13,11 +13,12 @@ import torchvision
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from dreamdiffusion.config import parse_config
-from dreamdiffusion.foundation import FoundationConfig, load_foundation
-from dreamdiffusion.foundation.build import build_foundation
+from dreamdiffusion.core.config import parse_config
+from dreamdiffusion.foundation.config import FoundationConfig
+from dreamdiffusion.foundation.load import load_foundation
+from dreamdiffusion.foundation.run import build_foundation
 from dreamdiffusion.foundation.pretrained import INCEPTION_FILE
-from dreamdiffusion.io import DataError, sha256_file
+from dreamdiffusion.core.fileio import DataError, sha256_file
 
 from test_foundation import TINY, make_image_set
 

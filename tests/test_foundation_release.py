@@ -12,13 +12,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from dreamdiffusion.config import parse_config
-from dreamdiffusion.data.processed import load_images, write_h5
-from dreamdiffusion.foundation import FoundationConfig, load_foundation
-from dreamdiffusion.foundation.build import build_foundation
-from dreamdiffusion.foundation.release import (METRIC_TOLERANCE, RELEASE, check_release, check_release_metrics,
-                                                image_digests, main, recorded_metrics, training_rows)
-from dreamdiffusion.io import DataError, sha256_file
+from dreamdiffusion.core.config import parse_config
+from dreamdiffusion.preprocess.processed import load_images, write_h5
+from dreamdiffusion.foundation.config import FoundationConfig
+from dreamdiffusion.foundation.load import load_foundation
+from dreamdiffusion.foundation.run import build_foundation
+from dreamdiffusion.foundation.release import METRIC_TOLERANCE, RELEASE, check_release, check_release_metrics, image_digests, main, recorded_metrics, training_rows
+from dreamdiffusion.core.fileio import DataError, sha256_file
 
 from test_foundation import make_image_set
 
@@ -168,7 +168,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "models/release"
 def test_the_shipped_release_is_intact_fits_the_default_world_and_loads():
     """models/release: every file matches release.json, it was trained for the default world on
     train + extra images only, it records the issue's targets, and it loads as a foundation."""
-    from dreamdiffusion.io import verify_manifest
+    from dreamdiffusion.core.fileio import verify_manifest
 
     release = verify_manifest(SHIPPED, "foundation", RELEASE)
     params = yaml.safe_load((SHIPPED.parents[1] / "params.yaml").read_text())

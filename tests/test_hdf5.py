@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from dreamdiffusion.hdf5 import MAX_EXPANSION, Field, open_h5
-from dreamdiffusion.io import DataError
+from dreamdiffusion.core.hdf5 import MAX_EXPANSION, Field, open_h5
+from dreamdiffusion.core.fileio import DataError
 
 SCHEMA = {"eeg": Field("float32", 3, "trial", (4, None)), "label": Field("int", 1, "trial"),
           "names": Field("str", 1)}

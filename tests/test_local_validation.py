@@ -7,9 +7,8 @@ import shlex
 import pytest
 import torch
 
-from dreamdiffusion.data.eeg_imagenet import (check_eeg_imagenet, load_eeg_file, load_splits_file,
-                                              validate_eeg_imagenet)
-from dreamdiffusion.io import DataError
+from dreamdiffusion.download.eeg_imagenet import check_eeg_imagenet, load_eeg_file, load_splits_file, validate_eeg_imagenet
+from dreamdiffusion.core.fileio import DataError
 from realschema import (EEG_NAME, SPLITS_NAME, image_file, make_real_schema_set, read_eeg_file,
                         read_splits_file, write_eeg_file, write_splits_file)
 

@@ -3,8 +3,8 @@ import mne
 import numpy as np
 import pytest
 
-from dreamdiffusion.data.moabb_source import export_moabb, moabb_dataset
-from dreamdiffusion.io import DataError
+from dreamdiffusion.download.moabb_source import export_moabb, moabb_dataset
+from dreamdiffusion.core.fileio import DataError
 
 FAKE = dict(n_subjects=3, n_sessions=1, n_runs=2, duration=8, sfreq=128, seed=7)
 
@@ -20,7 +20,7 @@ def test_export_writes_one_fif_per_run_with_the_data(tmp_path):
 
 
 def test_exported_recordings_window_into_the_corpus(tmp_path):
-    from dreamdiffusion.data.corpus import recording_windows
+    from dreamdiffusion.preprocess.corpus import recording_windows
     from test_preprocess import corpus_with
 
     path, *_ = export_moabb("FakeDataset", [2], tmp_path, dataset_kwargs=FAKE)

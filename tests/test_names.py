@@ -1,10 +1,9 @@
 """Names read from data that become paths: `plain_name` and `path_inside` (the one helper every such path uses)."""
-from pathlib import Path
 
 import pytest
 
-from dreamdiffusion.data.raw import image_path
-from dreamdiffusion.io import DataError, path_inside, plain_name, verify_manifest, write_manifest
+from dreamdiffusion.download.raw import image_path
+from dreamdiffusion.core.fileio import DataError, path_inside, plain_name, verify_manifest, write_manifest
 
 
 @pytest.mark.parametrize("name", ["n02106662", "n02106662_13", "00001_aardvark", "aardvark_01b.jpg", "a+b-c.d"])

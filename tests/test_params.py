@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from closure import closure
-from dreamdiffusion.config import load_params, to_dict
-from dreamdiffusion.presets import section_configs
+from dreamdiffusion.core.config import load_params, to_dict
+from dreamdiffusion.core.sections import STAGES, section_configs, stage_params, stage_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -24,7 +24,12 @@ def stage_module(name):
 def test_declared_params_are_exactly_what_the_stage_reads(name):
     declared = DVC[name].get("params", [])
     assert all(isinstance(p, str) for p in declared), "declare whole sections/keys of params.yaml"
-    assert sorted(declared) == sorted(stage_module(name).PARAMS)
+    assert sorted(declared) == sorted(stage_sections(name))  # the registry is the one source
+    assert stage_module(name).PARAMS == stage_params(name)
+
+
+def test_registry_names_every_stage_of_dvc_yaml_in_order():
+    assert tuple(DVC) == STAGES
 
 
 @pytest.mark.parametrize("name", sorted(DVC))
@@ -65,8 +70,8 @@ def test_code_deps_are_exactly_the_stage_import_closure(name):
 def test_closure_follows_relative_and_function_level_imports():
     found = {str(p.relative_to(ROOT)) for p in closure(ROOT / "stages" / "finetune.py")}
     assert "dreamdiffusion/finetune/engine.py" in found  # relative import from finetune/train.py
-    assert "dreamdiffusion/evaluation/nway.py" in found  # imported inside a function of finetune/engine.py
-    assert "dreamdiffusion/data/synthetic.py" not in found
+    assert "dreamdiffusion/core/nway.py" in found  # imported inside a function of finetune/engine.py
+    assert "dreamdiffusion/download/synthetic.py" not in found
 
 
 @pytest.mark.parametrize("section", sorted(section_configs()))

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dreamdiffusion.config import PARAMS_SECTIONS, ConfigError, parse_config
+from dreamdiffusion.core.config import PARAMS_SECTIONS, ConfigError, parse_config
 from dreamdiffusion.finetune.model import ConditionerConfig
-from dreamdiffusion.generation import GenerateConfig, check_memory, peak_memory
-from dreamdiffusion.mae.model import MAEConfig
-from dreamdiffusion.presets import load_preset, merge, section_configs, validate
+from dreamdiffusion.generate.config import GenerateConfig
+from dreamdiffusion.generate.run import check_memory, peak_memory
+from dreamdiffusion.pretrain.model import MAEConfig
+from dreamdiffusion.core.sections import section_configs
+from dreamdiffusion.tools.presets import load_preset, merge, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -74,7 +76,7 @@ def test_generate_peak_estimate_grows_with_the_plan_and_the_image_size():
 
 
 def test_generate_refuses_a_plan_over_the_available_memory(monkeypatch):
-    monkeypatch.setattr("dreamdiffusion.compute.available_memory", lambda: 2 ** 30)
+    monkeypatch.setattr("dreamdiffusion.core.compute.available_memory", lambda: 2 ** 30)
     check_memory(GenerateConfig(), 160, 32, on_cpu=True)  # fits
     with pytest.raises(ConfigError, match=r"generate: estimated peak memory \d+\.\d\d GiB \(10000000 test trials x "
                                           r"\(samples_per_eeg 2 \+ control_samples 1\) .* exceeds the 1.00 GiB "

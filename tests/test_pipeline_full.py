@@ -58,7 +58,7 @@ def leaf_count(tree) -> int:
 
 
 def test_dvc_metrics_show_lists_only_the_headline(repo):
-    from dreamdiffusion.headline import HEADLINE
+    from dreamdiffusion.core.results import HEADLINE
 
     (shown,) = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout).values()  # the workspace
     files = shown["data"]
@@ -74,9 +74,9 @@ def test_one_image_regenerates_alone_from_its_seed(repo):
     import os
 
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from dreamdiffusion.data.processed import load_paired_eeg
+    from dreamdiffusion.preprocess.processed import load_paired_eeg
     from dreamdiffusion.finetune.load import load_generator
-    from dreamdiffusion.generation import to_uint8
+    from dreamdiffusion.generate.run import to_uint8
 
     rows = list(csv.DictReader(open(repo / "data/generated/index.csv")))
     row = next(r for r in rows if r["kind"] == "eeg" and r["sample"] == "1")
@@ -170,8 +170,8 @@ def test_two_processes_from_dvc_repro_equal_one_with_the_same_global_batch(repo,
 def test_paper_recipe_runs_at_tiny_size(repo):
     """The paper preset as a DVC experiment (`presets run`'s command), with only what the tiny world needs
     changed: subject 2 (it has two subjects) and 4 PLMS steps instead of 250."""
-    from dreamdiffusion.presets import load_preset
-    from dreamdiffusion.presets.__main__ import exp_run_command
+    from dreamdiffusion.tools.presets import load_preset
+    from dreamdiffusion.tools.presets.__main__ import exp_run_command
 
     paper = merge(load_preset("paper"), {"preprocess": {"subjects": [2]}, "generate": {"steps": 4}})
     run(repo, *exp_run_command(paper, ["--name", "paper-tiny"]))

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from dreamdiffusion.plots_offline import draw_lines, drawn_elsewhere, dvc_plots_json, write_plots
+from dreamdiffusion.tools.plots_offline import draw_lines, drawn_elsewhere, dvc_plots_json, write_plots
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", re.IGNORECASE)

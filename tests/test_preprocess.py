@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from dreamdiffusion.config import ConfigError, parse_config
-from dreamdiffusion.data.corpus import PAIRED_TRAIN, build_corpus
-from dreamdiffusion.data.preprocess import PreprocessConfig, ProcessedPaths, corpus_settings, run_preprocess
-from dreamdiffusion.data.processed import SPLIT_CODES
-from dreamdiffusion.data.raw import RawManifest
-from dreamdiffusion.io import DataError
+from dreamdiffusion.core.config import ConfigError, parse_config
+from dreamdiffusion.preprocess.corpus import PAIRED_TRAIN, build_corpus
+from dreamdiffusion.preprocess.config import PreprocessConfig
+from dreamdiffusion.preprocess.run import ProcessedPaths, corpus_settings, run_preprocess
+from dreamdiffusion.preprocess.processed import SPLIT_CODES
+from dreamdiffusion.download.raw import RawManifest
+from dreamdiffusion.core.fileio import DataError
 
 from realschema import (make_real_schema_set, read_eeg_file, read_splits_file, write_eeg_file,
                         write_jpeg, write_splits_file)
@@ -204,7 +205,7 @@ def test_corpus_errors_name_the_problem(tmp_path):
 def test_read_rows_reads_runs_exactly_like_point_selection(tmp_path, rows):
     import h5py
 
-    from dreamdiffusion.data.processed import read_rows
+    from dreamdiffusion.preprocess.processed import read_rows
 
     values = np.arange(12 * 2 * 3, dtype=np.float32).reshape(12, 2, 3)
     with h5py.File(tmp_path / "x.h5", "w") as h5:

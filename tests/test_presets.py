@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dreamdiffusion.config import ConfigError
-from dreamdiffusion.presets import available, leaves, load_preset, merge, validate
-from dreamdiffusion.presets.__main__ import exp_run_command, main
+from dreamdiffusion.core.config import ConfigError
+from dreamdiffusion.tools.presets import available, leaves, load_preset, merge, validate
+from dreamdiffusion.tools.presets.__main__ import exp_run_command, main
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())

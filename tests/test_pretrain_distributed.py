@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from dreamdiffusion.data.processed import write_h5
+from dreamdiffusion.preprocess.processed import write_h5
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {
@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from safetensors.torch import save_file
-from dreamdiffusion.config import parse_config
-from dreamdiffusion.data.processed import load_corpus
-from dreamdiffusion.mae.model import MaskedAutoencoder
-from dreamdiffusion.mae.train import PretrainConfig, train
+from dreamdiffusion.core.config import parse_config
+from dreamdiffusion.preprocess.processed import load_corpus
+from dreamdiffusion.pretrain.model import MaskedAutoencoder
+from dreamdiffusion.pretrain.train import PretrainConfig, train
 
 out = Path(sys.argv[3])
 config = parse_config(PretrainConfig, json.loads(sys.argv[1]), "pretrain")

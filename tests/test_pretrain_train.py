@@ -12,14 +12,15 @@ import pytest
 import torch
 import yaml
 
-from dreamdiffusion.config import to_dict
-from dreamdiffusion.data.processed import Corpus, PairedEEG, write_h5
-from dreamdiffusion.io import DataError
-from dreamdiffusion.mae import MAEConfig, load_encoder
-from dreamdiffusion.mae.model import EEGEncoder
-from dreamdiffusion.mae.train import PretrainConfig, resume_name, split_by_recording, train
-from dreamdiffusion.probe import (cross_validated_probe, linear_probe, pooled_features, probe_encoder,
-                                 probe_with_random_init)
+from dreamdiffusion.core.config import to_dict
+from dreamdiffusion.preprocess.processed import Corpus, PairedEEG, write_h5
+from dreamdiffusion.core.fileio import DataError
+from dreamdiffusion.pretrain.model import MAEConfig
+from dreamdiffusion.pretrain.encoder import load_encoder
+from dreamdiffusion.pretrain.model import EEGEncoder
+from dreamdiffusion.pretrain.config import PretrainConfig
+from dreamdiffusion.pretrain.train import resume_name, split_by_recording, train
+from dreamdiffusion.pretrain.probe import cross_validated_probe, linear_probe, pooled_features, probe_encoder, probe_with_random_init
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,9 +56,9 @@ def assert_same_weights(a, b):
 KILLER = """
 import json, os, signal, sys
 from pathlib import Path
-from dreamdiffusion.config import parse_config
-from dreamdiffusion.data.processed import load_corpus
-from dreamdiffusion.mae.train import PretrainConfig, train
+from dreamdiffusion.core.config import parse_config
+from dreamdiffusion.preprocess.processed import load_corpus
+from dreamdiffusion.pretrain.train import PretrainConfig, train
 
 config = parse_config(PretrainConfig, json.loads(sys.argv[1]), "pretrain")
 def log(metrics, step):
@@ -320,7 +321,7 @@ def test_pretrain_stage_end_to_end(tmp_path):
 
 
 def test_an_unreadable_processed_file_is_named(tmp_path):
-    from dreamdiffusion.data.processed import load_corpus, read_processed
+    from dreamdiffusion.preprocess.processed import load_corpus, read_processed
 
     (tmp_path / "corpus.h5").write_bytes(b"not hdf5")
     for path in (tmp_path / "corpus.h5", tmp_path / "missing.h5"):
@@ -335,7 +336,7 @@ def _mk(root: Path, relative: str) -> Path:
 
 
 def test_fp16_on_cpu_is_refused_not_silently_fp32():
-    from dreamdiffusion.config import ConfigError
+    from dreamdiffusion.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         train(dataclasses.replace(CONFIG, mixed_precision="fp16"), make_corpus(), 0, None)
@@ -345,9 +346,9 @@ def test_fp16_on_cpu_is_refused_not_silently_fp32():
 def test_preloaded_and_on_disk_windows_train_the_same_model(tmp_path, preload_mib):
     """compute.preload_mib reads the corpus into memory once (it fits in 1 MiB here) or leaves it on disk
     (0): the loaders then hold a numpy array or the on-disk view, and training is bit-identical."""
-    from dreamdiffusion.compute import ComputeConfig
-    from dreamdiffusion.data.processed import H5Array, load_corpus, preload
-    from dreamdiffusion.mae.train import make_loaders
+    from dreamdiffusion.core.compute import ComputeConfig
+    from dreamdiffusion.preprocess.processed import H5Array, load_corpus, preload
+    from dreamdiffusion.pretrain.train import make_loaders
 
     corpus = make_corpus()
     write_h5(tmp_path / "corpus.h5", {"eeg": corpus.eeg, "recording": corpus.recording,

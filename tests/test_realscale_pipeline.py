@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from dreamdiffusion.presets import load_preset, merge
+from dreamdiffusion.tools.presets import load_preset, merge
 from pipeline import make_repo_copy, run
 from realschema import make_payload, wnids, write_eeg_file, write_jpeg, write_splits_file
 from realshape import real_shape_sources  # noqa: F401  (a fixture)

@@ -18,10 +18,9 @@ import torch_fidelity
 from PIL import Image
 from safetensors import safe_open
 
-from dreamdiffusion.config import parse_config
+from dreamdiffusion.core.config import parse_config
 from dreamdiffusion.foundation.config import PretrainedConfig
-from dreamdiffusion.foundation.pretrained import (resolve_stable_diffusion, snapshot_clip, snapshot_inception,
-                                                  snapshot_judge, snapshot_stable_diffusion)
+from dreamdiffusion.foundation.pretrained import resolve_stable_diffusion, snapshot_clip, snapshot_inception, snapshot_judge, snapshot_stable_diffusion
 
 from realshape import (MARKER, build_real_shape_sources, real_shape_sources,  # noqa: F401 (pytest fixture)
                        remove_stale_builds, source_sha256)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from dreamdiffusion.ablation.queue import queue_active
+from dreamdiffusion.tools.ablation.queue import queue_active
 from pipeline import make_repo_copy, run
 from test_pipeline_full import TINY_ALL
 

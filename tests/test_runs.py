@@ -9,26 +9,29 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-
-from dreamdiffusion.compute import ComputeConfig
-from dreamdiffusion.config import parse_config
-from dreamdiffusion.data import download, preprocess
-from dreamdiffusion.evaluation import run as evaluate
-from dreamdiffusion.evaluation.report import EvaluateConfig
-from dreamdiffusion.finetune import run as finetune
-from dreamdiffusion.finetune.train import FinetuneConfig
-from dreamdiffusion.foundation import build
-from dreamdiffusion.foundation.config import FoundationConfig
-from dreamdiffusion.data.processed import load_images, load_paired_eeg
-from dreamdiffusion.generation import GenerateConfig, GeneratePaths, read_index
-from dreamdiffusion.generation import run as generate
-from dreamdiffusion.mae import run as pretrain
-from dreamdiffusion.mae.train import PretrainConfig
-from dreamdiffusion.presets import merge
-from dreamdiffusion.plots import GAP, MIN_FIGURE_PX
 from pipeline import TINY
 from test_figures import upscaled
 from test_pipeline_full import TINY_ALL
+
+from dreamdiffusion.core.compute import ComputeConfig
+from dreamdiffusion.core.config import parse_config
+from dreamdiffusion.core.plots import GAP, MIN_FIGURE_PX
+from dreamdiffusion.download import run as download
+from dreamdiffusion.evaluate import run as evaluate
+from dreamdiffusion.evaluate.config import EvaluateConfig
+from dreamdiffusion.finetune import run as finetune
+from dreamdiffusion.finetune.config import FinetuneConfig
+from dreamdiffusion.foundation import run as build
+from dreamdiffusion.foundation.config import FoundationConfig
+from dreamdiffusion.generate.config import GenerateConfig
+from dreamdiffusion.generate.index import read_index
+from dreamdiffusion.generate.run import GeneratePaths
+from dreamdiffusion.generate.run import run as generate
+from dreamdiffusion.preprocess import run as preprocess
+from dreamdiffusion.preprocess.processed import load_images, load_paired_eeg
+from dreamdiffusion.pretrain import run as pretrain
+from dreamdiffusion.pretrain.config import PretrainConfig
+from dreamdiffusion.tools.presets import merge
 
 PARAMS = merge(yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text()), TINY_ALL)
 COMPUTE = ComputeConfig(device="cpu", threads=1)

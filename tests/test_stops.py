@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dreamdiffusion import compute
-from dreamdiffusion import io as dio
-from dreamdiffusion.cli import Stopped, stop_signals
+from dreamdiffusion.core import compute
+from dreamdiffusion.core import fileio as dio
+from dreamdiffusion.core.cli import Stopped, stop_signals
 
 LAUNCHER = textwrap.dedent("""
     import signal, sys, time

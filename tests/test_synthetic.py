@@ -12,10 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dreamdiffusion.config import ConfigError, parse_config
-from dreamdiffusion.data.synthetic import (EEG_FILE, SPLITS_FILE, SyntheticConfig, generate_world,
-                                           probe_features)
-from dreamdiffusion.data.synthetic_images import SHAPES, Placement, shape_mask
+from dreamdiffusion.core.config import ConfigError, parse_config
+from dreamdiffusion.download.synthetic import EEG_FILE, SPLITS_FILE, SyntheticConfig, generate_world, probe_features
+from dreamdiffusion.download.synthetic_images import SHAPES, Placement, shape_mask
 
 TINY = SyntheticConfig(classes=3, shapes=3, images_per_class=4, extra_images_per_class=5, subjects=2,
                        image_size=32, length_outliers=0.2, corpus_recordings=3, corpus_min_seconds=2.0,

@@ -8,12 +8,14 @@ import textwrap
 import pytest
 import yaml
 
-from dreamdiffusion.tracking import TrackingConfig, flatten, stage_run, tracking_uri
+from dreamdiffusion.core.tracked_run import stage_run
+from dreamdiffusion.core.tracking import TrackingConfig, flatten, tracking_uri
 
 WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from dreamdiffusion.tracking import TrackingConfig, stage_run
+    from dreamdiffusion.core.tracked_run import stage_run
+    from dreamdiffusion.core.tracking import TrackingConfig
     root, stage = Path(sys.argv[1]), sys.argv[2]
     with stage_run(stage, TrackingConfig(experiment="concurrent"), {"who": stage}, root) as run:
         for step in range(40):
@@ -75,7 +77,7 @@ def test_the_stage_works_while_its_run_opens_and_the_run_starts_when_the_stage_d
     import threading
     import time
 
-    from dreamdiffusion import tracking
+    from dreamdiffusion.core import tracked_run as tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     release, real_open = threading.Event(), tracking.open_run
@@ -93,7 +95,7 @@ def test_the_stage_works_while_its_run_opens_and_the_run_starts_when_the_stage_d
 
 
 def test_a_run_that_cannot_open_leaves_the_stage_alone_and_says_it_is_not_recorded(tmp_path, monkeypatch, capsys):
-    from dreamdiffusion import tracking
+    from dreamdiffusion.core import tracked_run as tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
@@ -114,7 +116,7 @@ def test_a_store_that_does_not_answer_is_given_up_within_the_store_wait(tmp_path
     import threading
     import time
 
-    from dreamdiffusion import tracking
+    from dreamdiffusion.core import tracked_run as tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DREAMDIFFUSION_TRACKING_WAIT", "0.3")
@@ -160,7 +162,7 @@ def test_a_locked_database_is_retried_within_the_store_wait(tmp_path, monkeypatc
 
 
 def test_a_bad_store_wait_is_refused(tmp_path, monkeypatch):
-    from dreamdiffusion.config import ConfigError
+    from dreamdiffusion.core.config import ConfigError
 
     monkeypatch.setenv("DREAMDIFFUSION_TRACKING_WAIT", "soon")
     with pytest.raises(ConfigError, match="DREAMDIFFUSION_TRACKING_WAIT='soon'"):
@@ -169,7 +171,7 @@ def test_a_bad_store_wait_is_refused(tmp_path, monkeypatch):
 
 
 def test_an_interrupted_stage_marks_its_run_killed_with_the_reason(tmp_path, monkeypatch):
-    from dreamdiffusion.cli import Stopped
+    from dreamdiffusion.core.cli import Stopped
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(Stopped):
@@ -223,7 +225,7 @@ def test_flatten():
 
 def execution(tmp_path, name: str, params: dict):
     """The execution a stage would find for `params` under DVC experiment `name`."""
-    from dreamdiffusion.tracking import current_execution
+    from dreamdiffusion.core.tracking import current_execution
 
     params_file = tmp_path / f"{name}.yaml"
     params_file.write_text(yaml.safe_dump(params))
@@ -274,7 +276,7 @@ def test_same_execution_finds_its_parent_and_a_failed_stage_fails_it(tmp_path, m
 
 
 def test_ui_address_opens_the_experiment_on_its_training_runs(tmp_path, monkeypatch, capsys):
-    from dreamdiffusion.ui_url import experiment_id, main, ui_url
+    from dreamdiffusion.tools.ui_url import experiment_id, main, ui_url
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert experiment_id(tmp_path, "t") is None  # no store yet: the experiment list
@@ -291,7 +293,7 @@ def test_ui_address_opens_the_experiment_on_its_training_runs(tmp_path, monkeypa
 
 
 def test_ui_address_refuses_a_params_file_the_stages_would_refuse(tmp_path, capsys):
-    from dreamdiffusion.ui_url import main
+    from dreamdiffusion.tools.ui_url import main
 
     (tmp_path / "params.yaml").write_text("tracking: &t\n  experiment: t\n")
     with pytest.raises(SystemExit) as exit_:
@@ -302,7 +304,7 @@ def test_ui_address_refuses_a_params_file_the_stages_would_refuse(tmp_path, caps
 def test_an_experiment_copy_keeps_its_key_while_the_main_repository_moves(tmp_path, monkeypatch):
     """A queued experiment runs in its own git copy; commits and edits in the main repo (DVC_ROOT)
     must not split its stages over two parents."""
-    from dreamdiffusion.tracking import stage_execution
+    from dreamdiffusion.core.tracking import stage_execution
 
     def commit(repo, text):
         (repo / "dreamdiffusion").mkdir(parents=True, exist_ok=True)

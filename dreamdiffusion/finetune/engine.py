@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..progress import progress
-from ..rng import draw, draw_ints, sample_generators
-from .model import TimeConditioning
+from dreamdiffusion.core.progress import progress
+from dreamdiffusion.core.rng import draw, draw_ints, sample_generators
+from dreamdiffusion.finetune.model import TimeConditioning
 
 
 @dataclasses.dataclass
@@ -126,9 +126,9 @@ def val_losses(models: Models, val_set, config, seed: int, batch_size: int) -> d
 @torch.no_grad()
 def val_nway(models: Models, data, foundation, scheduler, config, seed: int, batch_size: int) -> tuple[float, int]:
     """(n-way top-1, n) of images generated from the probe val trials, judged against their ground truth."""
-    from ..evaluation import effective_n_way, nway_topk
-    from ..foundation.judge import predict
-    from .sample import images_from_eeg
+    from dreamdiffusion.core.nway import effective_n_way, nway_topk
+    from dreamdiffusion.finetune.sample import images_from_eeg
+    from dreamdiffusion.foundation.judge import predict
 
     probs = []
     for start in range(0, len(data.probe_rows), batch_size):

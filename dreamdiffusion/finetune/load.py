@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import ConfigError, parse_config, to_dict
-from ..io import DataError, atomic_path, cpu_state_dict, verify_manifest, write_manifest
-from .model import ConditionerConfig, EEGConditioner
+from dreamdiffusion.core.config import ConfigError, parse_config, to_dict
+from dreamdiffusion.core.fileio import DataError, atomic_path, cpu_state_dict, verify_manifest, write_manifest
+from dreamdiffusion.finetune.model import ConditionerConfig, EEGConditioner
 
 
 def save_finetuned(out_dir: str | Path, conditioner: EEGConditioner, unet, info: dict) -> None:
@@ -67,7 +67,7 @@ class EEGImageGenerator:
     def images(self, eeg: torch.Tensor, seeds: list[int], scheduler: str = "ddim", steps: int = 25,
                guidance: float = 3.0, decode_batch: int | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] (on the CPU) from EEG (B, 128, 512), one seed per image."""
-        from .sample import images_from_eeg, make_scheduler
+        from dreamdiffusion.finetune.sample import images_from_eeg, make_scheduler
 
         return images_from_eeg(self.conditioner, self.unet, self.vae, make_scheduler(scheduler, self.scheduler_config),
                         eeg, seeds, steps, guidance, decode_batch).cpu()
@@ -87,7 +87,7 @@ def load_generator(finetune_dir: str | Path, foundation_dir: str | Path, device=
     Both folders are checked against their manifests first (see `verify_manifest` for the cost)."""
     from diffusers import UNet2DConditionModel
 
-    from ..foundation.load import load_foundation
+    from dreamdiffusion.foundation.load import load_foundation
 
     finetune_dir = Path(finetune_dir)
     verify_manifest(finetune_dir, "finetune")

@@ -15,8 +15,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from ..config import MAX_WIDTH, param
-from ..mae.model import EEGEncoder, MAEConfig
+from dreamdiffusion.core.config import MAX_WIDTH, param
+from dreamdiffusion.pretrain.model import EEGEncoder, MAEConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,16 +8,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.processed import load_images, load_paired_eeg, read_processed
-from ..foundation.load import load_foundation
-from ..io import sha256_file, write_json
-from ..plots import GridRow, class_label, epoch_curves, labelled_grid, write_history_csv
-from ..results import StageResult
-from .data import cached_features, features_key, finetune_data, write_features
-from .load import save_finetuned
-from .sample import images_from_eeg, make_scheduler
-from .train import FinetuneConfig, FinetuneResult, build_models, finetune
-from .trainable import parameter_counts
+from dreamdiffusion.core.fileio import sha256_file, write_json
+from dreamdiffusion.core.plots import GridRow, class_label, epoch_curves, labelled_grid, write_history_csv
+from dreamdiffusion.core.results import StageResult
+from dreamdiffusion.finetune.config import FinetuneConfig
+from dreamdiffusion.finetune.dataset import cached_features, features_key, finetune_data, write_features
+from dreamdiffusion.finetune.load import save_finetuned
+from dreamdiffusion.finetune.sample import images_from_eeg, make_scheduler
+from dreamdiffusion.finetune.train import FinetuneResult, build_models, finetune
+from dreamdiffusion.finetune.trainable import parameter_counts
+from dreamdiffusion.foundation.load import load_foundation
+from dreamdiffusion.preprocess.processed import load_images, load_paired_eeg, read_processed
 
 LOSS_KEYS = ["train_loss", "train_diffusion_loss", "train_clip_loss", "val_loss", "val_diffusion_loss",
              "val_clip_loss", "val_clip_cosine", "val_nway_top1"]
@@ -110,7 +111,7 @@ def summary(result: FinetuneResult, data) -> dict:
 def run(config: FinetuneConfig, paths: FinetunePaths, seed: int, compute,
         log: Callable[[dict, int], None] | None = None) -> StageResult | None:
     """The `finetune` stage (None on a non-main process of a multi-process run: it writes nothing)."""
-    from ..compute import resolve_device
+    from dreamdiffusion.core.compute import resolve_device
 
     device = str(resolve_device(compute))
     paired = read_processed(load_paired_eeg, paths.eeg, splits=("train", "val"))  # the test split is never read

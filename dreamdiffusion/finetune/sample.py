@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 
-from .model import EEGConditioner, TimeConditioning
+from dreamdiffusion.finetune.model import EEGConditioner, TimeConditioning
 
 SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}
 

@@ -1,8 +1,2 @@
-"""Foundation models (Stable Diffusion, CLIP, the judges): real by id, miniature by default.
-
-Later stages use only `load_foundation(models/foundation) -> Foundation`.
-"""
-from .config import FoundationConfig
-from .load import Foundation, load_foundation
-
-__all__ = ["Foundation", "FoundationConfig", "load_foundation"]
+"""Stage `foundation`: Stable Diffusion, CLIP and the judges; real by hub id, a shipped miniature release
+by default, or the demo trained here. Later stages use only `load.load_foundation(models/foundation)`."""

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 
-from ..io import DataError, atomic_path, cpu_state_dict
-from ..progress import progress
-from .config import CLIPConfig
-from .images import augment, descend, one_cycle, resize_normalize, to_float_images
+from dreamdiffusion.core.fileio import DataError, atomic_path, cpu_state_dict
+from dreamdiffusion.core.progress import progress
+from dreamdiffusion.foundation.config import CLIPConfig
+from dreamdiffusion.foundation.images import augment, descend, one_cycle, resize_normalize, to_float_images
 
 DEMO_MODEL_NAME = "dreamdiffusion-clip-mini"
 CONFIG_NAME, WEIGHTS_NAME = "open_clip_config.json", "open_clip_model.safetensors"

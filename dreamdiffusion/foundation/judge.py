@@ -14,10 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..io import DataError, atomic_path, cpu_state_dict
-from ..progress import progress
-from .config import JudgeConfig
-from .images import augment, descend, one_cycle, resize_normalize, to_float_images
+from dreamdiffusion.core.fileio import DataError, atomic_path, cpu_state_dict
+from dreamdiffusion.core.progress import progress
+from dreamdiffusion.foundation.config import JudgeConfig
+from dreamdiffusion.foundation.images import augment, descend, one_cycle, resize_normalize, to_float_images
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"

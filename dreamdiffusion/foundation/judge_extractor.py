@@ -10,8 +10,8 @@ import torch_fidelity
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from ..io import DataError
-from .judge import JudgeCNN, judge_transform, load_judge
+from dreamdiffusion.core.fileio import DataError
+from dreamdiffusion.foundation.judge import JudgeCNN, judge_transform, load_judge
 
 JUDGE_EXTRACTOR = "dreamdiffusion-judge"
 INCEPTION_EXTRACTOR = "inception-v3-compat"

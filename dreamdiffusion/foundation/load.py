@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..io import DataError, atomic_path, verify_manifest
-from .clip_mini import clip_tensor_transform, load_clip
-from .judge import judge_transform, load_judge
-from .pretrained import _load_sd_part, native_image_size
+from dreamdiffusion.core.fileio import DataError, atomic_path, verify_manifest
+from dreamdiffusion.foundation.clip_mini import clip_tensor_transform, load_clip
+from dreamdiffusion.foundation.judge import judge_transform, load_judge
+from dreamdiffusion.foundation.pretrained import _load_sd_part, native_image_size
 
 PARTS = ("unet", "vae", "scheduler", "clip", "judge")
 ALIASES = {"stable_diffusion": ("unet", "vae", "scheduler")}
@@ -62,7 +62,7 @@ class Foundation:
     @property
     def clip_embed_dim(self) -> int:
         """Width of CLIP's projected image embedding (the alignment target), from its config."""
-        from .clip_mini import CONFIG_NAME
+        from dreamdiffusion.foundation.clip_mini import CONFIG_NAME
 
         return int(json.loads((self.root / "clip" / CONFIG_NAME).read_text())["model_cfg"]["embed_dim"])
 
@@ -73,7 +73,7 @@ class Foundation:
 
     def pipeline(self, scheduler=None):
         """A StableDiffusionPipeline (no text encoder) that generates from `prompt_embeds`."""
-        from .text_to_image import make_pipeline
+        from dreamdiffusion.foundation.text_to_image import make_pipeline
 
         return make_pipeline(self.unet, self.vae, scheduler or self.scheduler)
 
@@ -81,7 +81,7 @@ class Foundation:
         """kwargs for `torch_fidelity.calculate_metrics`: the feature extractor and its weights."""
         fidelity = self.manifest["fidelity"]
         if fidelity["feature_extractor"] != "inception-v3-compat":
-            from .judge_extractor import register_judge_extractor
+            from dreamdiffusion.foundation.judge_extractor import register_judge_extractor
 
             register_judge_extractor()
         return {"feature_extractor": fidelity["feature_extractor"],

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ..io import DataError, atomic_path, safe_torch_load
-from .config import PretrainedConfig
-from .judge import IMAGENET_MEAN, IMAGENET_STD, build_judge, load_state_checked, save_judge
+from dreamdiffusion.core.fileio import DataError, atomic_path, safe_torch_load
+from dreamdiffusion.foundation.config import PretrainedConfig
+from dreamdiffusion.foundation.judge import IMAGENET_MEAN, IMAGENET_STD, build_judge, load_state_checked, save_judge
 
 SD_ALLOW = ["model_index.json", "scheduler/*.json", "unet/*.json", "vae/*.json", "text_encoder/*.json",
             "tokenizer/*", "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
@@ -150,7 +150,7 @@ def snapshot_clip(cfg: PretrainedConfig, out_dir: Path) -> dict:
     import open_clip
     from open_clip.model import get_model_preprocess_cfg
 
-    from .clip_mini import save_clip
+    from dreamdiffusion.foundation.clip_mini import save_clip
 
     name, spec = cfg.clip_model, cfg.clip_pretrained
     if _looks_like_path(spec):

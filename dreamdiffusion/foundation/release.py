@@ -15,8 +15,8 @@ measurements match the metrics it records (METRIC_TOLERANCE): re-hashed weights 
 from __future__ import annotations
 
 import argparse
-import json
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import load_params_document, parse_config, to_dict
-from ..data.processed import ImageSet, load_images, read_processed
-from ..io import MANIFEST, DataError, atomic_path, sha256_file, verify_manifest, write_manifest
-from ..nested import merge_nested
-from .config import FoundationConfig, SampleConfig, check_demo_image_size
+from dreamdiffusion.core.config import load_params_document, parse_config, to_dict
+from dreamdiffusion.core.fileio import MANIFEST, DataError, atomic_path, sha256_file, verify_manifest, write_manifest
+from dreamdiffusion.core.nested import merge_nested
+from dreamdiffusion.foundation.config import FoundationConfig, SampleConfig, check_demo_image_size
+from dreamdiffusion.preprocess.processed import ImageSet, load_images, read_processed
 
 RELEASE = "release.json"
 MODEL_PARTS = ("stable_diffusion", "clip", "judge", "conditioning")
@@ -70,9 +70,9 @@ def release_settings(params: Path, tiny: bool) -> tuple[FoundationConfig, int]:
 
 def training_rows(images: ImageSet) -> np.ndarray:
     """Rows the release trains on: the demo's own selection (train + extra; never val or test)."""
-    from .build import _train_split
+    from dreamdiffusion.foundation.demo import train_split
 
-    return _train_split(images)[0]
+    return train_split(images)[0]
 
 
 def image_digests(images: ImageSet, rows: np.ndarray) -> list[str]:
@@ -258,8 +258,8 @@ def check_release_metrics(folder: str | Path, manifest: dict, measured: dict, sa
 
 def measure_release(folder: Path, images: ImageSet, cfg: FoundationConfig, seed: int, device: str) -> dict:
     """The foundation stage's metrics of `folder` (installed as the pipeline would), figures dropped."""
-    from .evaluate import measure_foundation
-    from .load import load_foundation
+    from dreamdiffusion.foundation.load import load_foundation
+    from dreamdiffusion.foundation.measure import measure_foundation
 
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "foundation"
@@ -276,7 +276,7 @@ def measure_release(folder: Path, images: ImageSet, cfg: FoundationConfig, seed:
 def build_release(images_path: Path, out: Path, cfg: FoundationConfig, seed: int, device: str = "cpu",
                   precision: str = "float16", record: dict | None = None) -> dict:
     """Train the demo foundation on the train + extra images of `images_path`; write the release at `out`."""
-    from .build import Timer, build_demo
+    from dreamdiffusion.foundation.demo import Timer, build_demo
 
     images = read_processed(load_images, images_path)
     check_demo_image_size(cfg, int(images.images.shape[1]))

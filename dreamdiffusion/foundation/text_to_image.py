@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-from ..progress import progress
-from .config import UNetConfig
-from .images import descend, one_cycle
-from .shapes import SD15_SCHEDULE
+from dreamdiffusion.core.progress import progress
+from dreamdiffusion.foundation.config import UNetConfig
+from dreamdiffusion.foundation.images import descend, one_cycle
+from dreamdiffusion.foundation.shapes import SD15_SCHEDULE
 
 
 def sd_scheduler() -> DDIMScheduler:

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from ..progress import progress
-from .config import VAEConfig
-from .images import descend, one_cycle
+from dreamdiffusion.core.progress import progress
+from dreamdiffusion.foundation.config import VAEConfig
+from dreamdiffusion.foundation.images import descend, one_cycle
 
 
 def build_vae(cfg: VAEConfig, image_size: int) -> AutoencoderKL:

@@ -1,0 +1,70 @@
+"""The `finetune` params section: what is trained, the losses, the schedule, selection on val."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dreamdiffusion.core.compute import PRECISIONS
+from dreamdiffusion.core.config import (
+    MAX_BATCH,
+    MAX_DRAWS,
+    MAX_EPOCHS,
+    MAX_SAMPLING_STEPS,
+    MAX_STEPS,
+    ConfigError,
+    param,
+)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The `finetune` params section."""
+
+    encoder_init: str = param("pretrained", choices=["pretrained", "random"])
+    train_encoder: bool = param(True)
+    train_unet: str = param("cross_attention", choices=["none", "cross_attention", "full"])
+    mapper: str = param("paper", choices=["paper", "flat"])
+    time_conditioning: bool = param(True)
+    null_condition: str = param("learned", choices=["learned", "zero"])
+    cond_dropout: float = param(0.1, min=0.0, max=1.0)
+    cond_noise: float = param(0.1, min=0.0, help="std of Gaussian noise added to the condition in training")
+    clip_weight: float = param(1.0, min=0.0)
+    caption_weight: float = param(1.0, min=0.0, help="pull the condition towards the class caption's text states")
+    epochs: int = param(26, min=1, max=MAX_EPOCHS)
+    align_epochs: int = param(24, min=0, max=MAX_EPOCHS,
+                              help="the first epochs train the conditioner on the CLIP (and caption) "
+                              "losses alone, without the UNet (cheap); the rest add the diffusion loss")
+    batch_size: int = param(32, min=1, max=MAX_BATCH)
+    lr: float = param(3e-3, min=0.0)
+    unet_lr: float = param(1e-4, min=0.0, help="learning rate of the UNet part (0 = lr)")
+    weight_decay: float = param(0.0, min=0.0)
+    clip_grad: float = param(0.5, min=0.0)
+    mixed_precision: str = param("fp32", choices=PRECISIONS, help="autocast dtype; fp16 needs a GPU; auto: bf16 where native")
+    ema_decay: float = param(0.0, min=0.0, max=1.0, help="0 = no EMA")
+    encode_batch_size: int = param(64, min=1, max=MAX_BATCH,
+                                   help="images per VAE/CLIP batch when encoding the images once", run_key=False)
+    val_batch_size: int = param(32, min=1, max=MAX_BATCH,
+                                help="trials per batch in validation (losses, generation, judge)", run_key=False)
+    val_every: int = param(13, min=1, max=MAX_EPOCHS)
+    val_trials: int = param(60, min=1, max=MAX_DRAWS, help="val trials generated for the quick n-way accuracy")
+    val_steps: int = param(10, min=1, max=MAX_SAMPLING_STEPS)
+    val_guidance: float = param(3.0, min=1.0)
+    nway: int = param(50, min=2, max=MAX_DRAWS)
+    nway_draws: int = param(50, min=1, max=MAX_DRAWS, help="random distractor draws per val image in the quick n-way")
+    select_by: str = param("val_nway_top1", choices=["val_nway_top1", "val_loss"])
+    checkpoint_every: int = param(2, min=1, max=MAX_EPOCHS, run_key=False)
+    keep_checkpoints: bool = param(False, help="keep the resume checkpoint after a successful run", run_key=False)
+    log_every: int = param(5, min=1, max=MAX_STEPS, run_key=False)
+    figure_classes: int = param(10, min=0, max=1000, run_key=False,
+                                help="val grid rows: the first val trial of each of the first N classes (0 = every class)")
+    figure_tile_px: int = param(96, min=64, max=512, run_key=False,
+                                help="px of each image in the val grid (nearest-neighbour upscaling)")
+
+    def __post_init__(self):
+        if not self.train_encoder and self.encoder_init == "random" and self.train_unet == "none":
+            raise ConfigError("nothing would learn the EEG: train_encoder false, encoder_init random, train_unet none")
+        if self.align_epochs and not (self.clip_weight or self.caption_weight):
+            raise ConfigError(f"finetune.align_epochs {self.align_epochs} with clip_weight and caption_weight both 0: "
+                              "those epochs would train nothing; set align_epochs: 0")
+        if self.align_epochs >= self.epochs:
+            raise ConfigError(f"finetune.align_epochs {self.align_epochs} must be below finetune.epochs {self.epochs}: "
+                              "the last epochs need the diffusion loss")
