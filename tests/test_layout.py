@@ -10,8 +10,7 @@ from closure import imported_modules, module_file
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dreamdiffusion"
 # Floors, lowest first. A stage may use the shared core and the stages before it, never one after it.
-FLOORS = ["core", "download", "preprocess", "foundation", "pretrain", "finetune", "official", "generate",
-          "evaluate", "tools"]
+FLOORS = ["core", "download", "preprocess", "foundation", "pretrain", "finetune", "generate", "evaluate", "tools"]
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 50
 
 

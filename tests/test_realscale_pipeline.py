@@ -150,3 +150,33 @@ def test_evaluate_reports_every_metric_finite(repo):
     assert found["fidelity"]["extractor"] == "inception-v3-compat"
     assert set(found["controls"]) == {"nway_top1", "clip_2way"}
     assert (repo / "metrics/eval_confusion.png").stat().st_size > 0
+
+
+def test_an_imported_official_checkpoint_generates_and_evaluates(repo, tmp_path):
+    """The official release's layout at its real shapes (random weights, ~5.6 GB, written the official way)
+    imported by `finetune` (`source: official`); `generate` and `evaluate` then run on it unchanged."""
+    from official_reference import Spec, random_state, save_official
+
+    from dreamdiffusion.core.fileio import sha256_file
+
+    repo, _ = repo
+    checkpoint = tmp_path / "checkpoint_best.pth"
+    save_official(checkpoint, random_state(Spec(), seed=0))
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), {
+        "preprocess": {"model_input": "official"},
+        "finetune": {"source": "official", "official_checkpoint": str(checkpoint),
+                     "official_sha256": sha256_file(checkpoint)},
+        "generate": {"samples_per_eeg": 1, "batch_size": 2, "decode_batch_size": 1}})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    done = run(repo, "dvc", "repro", env={"DREAMDIFFUSION_PROGRESS": "0"})
+    log = done.stdout + done.stderr
+    assert "Running stage 'pretrain'" not in log  # preprocess wrote the same files: nothing upstream reran
+    found = metrics(repo, "finetune")
+    assert found["source"] == "official" and found["mapped_keys_unet"] == 686 and found["dropped_keys"] > 0
+    assert json.loads((repo / "models/finetune/import_report.json").read_text())["accounted_keys"] == 1260
+    rows = (repo / "data/generated/index.csv").read_text().splitlines()[1:]
+    assert len(rows) == 3 * 1 + 3  # 3 test trials x 1 sample + 3 controls
+    assert Image.open(repo / "data/generated" / rows[0].split(",")[-1]).size == (512, 512)  # the official VAE's
+    found = metrics(repo, "eval")
+    for key in ("nway_top1", "clip_2way", "ssim", "eeg_top1", "fid"):
+        assert math.isfinite(found[key]), key

@@ -19,7 +19,15 @@ from typing import Any, Callable, Iterator, Sequence
 from dreamdiffusion.core.compute import LAUNCHED_ENV, ComputeConfig, compute_record, is_main_process, relaunch
 from dreamdiffusion.core.config import ConfigError, load_params, load_yaml_file, to_dict
 from dreamdiffusion.core.fileio import CALLED_BY_HDF5, DataError, hold_stop, output_path, write_json
-from dreamdiffusion.core.results import FILE_STEMS, HEADLINE, StageResult, details_path, flatten_headline, metrics_path, write_headline
+from dreamdiffusion.core.results import (
+    FILE_STEMS,
+    HEADLINE,
+    StageResult,
+    details_path,
+    flatten_headline,
+    metrics_path,
+    write_headline,
+)
 from dreamdiffusion.core.tracked_run import stage_run
 from dreamdiffusion.core.tracking import project_root, stage_execution
 

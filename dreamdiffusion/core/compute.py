@@ -122,7 +122,7 @@ def apply_threads(config: ComputeConfig) -> int:
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # a `mixed_precision` param -> autocast dtype
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which bf16 matmuls/convolutions are emulated
 _ONEDNN_EMULATED_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
-EMULATED_BF16_SLOWDOWN = "~17-22x"  # the demo UNet, bf16 vs fp32 on AVX2-only x86 (README, "Speed on every CPU")
+EMULATED_BF16_SLOWDOWN = "~17-22x"  # the demo UNet, bf16 vs fp32 on AVX2-only x86 (docs/speed.md)
 USED_PRECISION: dict[str, str] = {}  # section -> the precision a stage resolved (recorded in its details)
 
 

@@ -3,10 +3,9 @@
 `compute.cpu_kernels: portable` (the default) caps all three libraries at AVX2, the instruction set
 every x86-64 CPU of the last decade has, and asks MKL for its AVX2 code path on any vendor
 (conditional numerical reproducibility, MKL_CBWR). A CPU with AVX-512 or AMX then runs the same
-kernels as an AVX2 laptop, so the pipeline's numbers do not depend on the machine (README, "Speed
-and identical numbers on every machine"). `native` lets each library pick its best kernels: faster
+kernels as an AVX2 laptop, so the pipeline's numbers do not depend on the machine (docs/speed.md). `native` lets each library pick its best kernels: faster
 on some CPUs (and bf16 where `mixed_precision: auto` finds it native), with numbers that differ in
-their last bits, and after training within the spread the README reports.
+their last bits, and after training within the spread docs/speed.md reports.
 
 The libraries read these variables once, when torch is imported, so the stage scripts apply the
 choice first of all (stages/_bootstrap.py); a variable already set in the environment wins. This

@@ -21,6 +21,14 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     return Path(path)
 
 
+def message_figure(text: str, path: str | Path) -> Path:
+    """A figure that is only a message: for a declared plot that has nothing to show in this run."""
+    fig, axis = plt.subplots(figsize=(6, 1.5))
+    axis.axis("off")
+    axis.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return save_figure(fig, path)
+
+
 def raw_vs_processed(examples, sample_rate: float, crop: tuple[int, int], path: str | Path,
                      channels: tuple[int, ...] = (0, 64, 127)) -> Path:
     """A row per trial: a few raw channels (crop window shaded) beside the processed ones."""

@@ -14,7 +14,23 @@ from filelock import FileLock
 
 from dreamdiffusion.core.config import ConfigError
 from dreamdiffusion.core.fileio import DataError
-from dreamdiffusion.core.tracking import ARTIFACTS_DIR, DB_NAME, EXPERIMENT_KIND, PARENT_TAG, STOP_WAIT_SECONDS, Execution, TrackingConfig, call_within, close_dead_runs, code_root, flatten, run_tags, settle_parent, store_wait, tracking_uri
+from dreamdiffusion.core.tracking import (
+    ARTIFACTS_DIR,
+    DB_NAME,
+    EXPERIMENT_KIND,
+    PARENT_TAG,
+    STOP_WAIT_SECONDS,
+    Execution,
+    TrackingConfig,
+    call_within,
+    close_dead_runs,
+    code_root,
+    flatten,
+    run_tags,
+    settle_parent,
+    store_wait,
+    tracking_uri,
+)
 
 
 class StageRun:

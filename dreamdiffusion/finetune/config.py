@@ -1,6 +1,7 @@
 """The `finetune` params section: what is trained, the losses, the schedule, selection on val."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from dreamdiffusion.core.compute import PRECISIONS
@@ -19,6 +20,11 @@ from dreamdiffusion.core.config import (
 class FinetuneConfig:
     """The `finetune` params section."""
 
+    source: str = param("trained", choices=["trained", "official"],
+                        help="official: import the authors' released checkpoint instead of training")
+    official_checkpoint: str | None = param(None, help="checkpoint_best.pth of the official release (source: official)")
+    official_sha256: str | None = param(None, help="its sha256: checked before the file is read")
+    official_ldm_config: str | None = param(None, help="the official LDM yaml (config15.yaml); null: SD 1.5's")
     encoder_init: str = param("pretrained", choices=["pretrained", "random"])
     train_encoder: bool = param(True)
     train_unet: str = param("cross_attention", choices=["none", "cross_attention", "full"])
@@ -60,6 +66,11 @@ class FinetuneConfig:
                                 help="px of each image in the val grid (nearest-neighbour upscaling)")
 
     def __post_init__(self):
+        if self.source == "official" and not (self.official_checkpoint and self.official_sha256):
+            raise ConfigError("finetune.source official needs finetune.official_checkpoint (a path) and "
+                              "finetune.official_sha256 (its sha256, 64 hex digits)")
+        if self.official_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.official_sha256):
+            raise ConfigError(f"finetune.official_sha256: expected 64 lowercase hex digits, got {self.official_sha256!r}")
         if not self.train_encoder and self.encoder_init == "random" and self.train_unet == "none":
             raise ConfigError("nothing would learn the EEG: train_encoder false, encoder_init random, train_unet none")
         if self.align_epochs and not (self.clip_weight or self.caption_weight):

@@ -3,6 +3,8 @@
     <dir>/conditioner/config.json + model.safetensors   the EEG conditioning module
     <dir>/unet/                                       the trained UNet (diffusers folder), when
                                                       `train_unet` is not `none`
+    <dir>/vae/, <dir>/scheduler/                      only in an imported official checkpoint: its own
+                                                      VAE and noise schedule replace the foundation's
     <dir>/finetune.json                               what was trained, the kept epoch
     <dir>/manifest.json                               sha256 of every file (written last, checked on load)
 """
@@ -98,6 +100,21 @@ def load_generator(finetune_dir: str | Path, foundation_dir: str | Path, device=
     if foundation.unet is not None and (finetune_dir / "unet").is_dir():
         foundation.unet = None  # the fine-tuned UNet replaces the foundation's: one copy in memory
         foundation.unet = UNet2DConditionModel.from_pretrained(finetune_dir / "unet").to(device).eval()
+    if foundation.vae is not None and (finetune_dir / "vae").is_dir():  # an imported checkpoint's own VAE
+        from diffusers import AutoencoderKL
+
+        foundation.vae = AutoencoderKL.from_pretrained(finetune_dir / "vae").to(device).eval()
     conditioner = load_conditioner(finetune_dir / "conditioner", device)
-    scheduler_config = dict(foundation.scheduler.config) if foundation.scheduler is not None else {}
-    return EEGImageGenerator(conditioner, foundation.unet, foundation.vae, scheduler_config, foundation, info)
+    return EEGImageGenerator(conditioner, foundation.unet, foundation.vae, scheduler_config(finetune_dir, foundation),
+                             foundation, info)
+
+
+def scheduler_config(finetune_dir: Path, foundation) -> dict:
+    """The noise schedule: an imported checkpoint's own (scheduler/), else the foundation's."""
+    own = finetune_dir / "scheduler" / "scheduler_config.json"
+    if own.is_file():
+        try:
+            return json.loads(own.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{own}: not JSON ({err})") from None
+    return dict(foundation.scheduler.config) if foundation.scheduler is not None else {}

@@ -6,6 +6,10 @@ Paper (s.3.2) / official code (bbaaii/DreamDiffusion, dc_ldm/ldm_for_eeg.py):
     tokens (B, T, D) -> Conv1d(T -> 1) -> Linear(D -> CLIP dim)                           CLIP head
 `mapper: flat` replaces the first path by one linear map of the flattened tokens + LayerNorm
 (measured to work better for small, noisy conditions in the miniature world).
+`encoder_forward: official` runs the encoder as the official fine-tuned model does (an imported
+official checkpoint): its blocks see the patch tokens alone (the cls token is never prepended, in
+sc_mbm/mae_for_eeg.py `eeg_encoder.forward_encoder`) and its position table, trained along with the
+rest, is saved with the weights.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from dreamdiffusion.core.config import MAX_WIDTH, param
-from dreamdiffusion.pretrain.model import EEGEncoder, MAEConfig
+from dreamdiffusion.pretrain.model import EEGEncoder, MAEConfig, run_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +35,7 @@ class ConditionerConfig:
     mapper: str = param("paper", choices=["paper", "flat"])
     mapper_hidden: int = param(64, min=1, max=MAX_WIDTH)  # the paper's intermediate 64 channels
     null_condition: str = param("learned", choices=["learned", "zero"])
+    encoder_forward: str = param("ours", choices=["ours", "official"])  # official: an imported official checkpoint
 
 
 class Conditioning(NamedTuple):
@@ -65,13 +70,37 @@ class TokenMapper(nn.Module):
         return self.norm(self.flat(tokens.flatten(1)).view(-1, *self.shape))
 
 
+class OfficialEncoder(EEGEncoder):
+    """EEG (B, C, L) -> tokens (B, T, D) as the official fine-tuned encoder: no cls token in the blocks,
+    the position table a saved tensor."""
+
+    def __init__(self, config: MAEConfig):
+        super().__init__(config)
+        table = self.pos_embed  # (1, 1+T, D), row 0 for the (unused) cls token
+        del self.pos_embed
+        self.register_buffer("pos_embed", table.clone(), persistent=True)
+
+    def transform(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Blocks and final norm on the tokens alone: (B, T, D) -> (B, T, D)."""
+        return self.norm(run_blocks(self.blocks, tokens, self.gradient_checkpointing))
+
+    def forward(self, eeg: torch.Tensor, keep_cls: bool = False) -> torch.Tensor:
+        """(B, C, L) -> (B, T, D); there is no cls output to keep."""
+        if keep_cls:
+            raise ValueError("the official encoder has no cls token output")
+        return self.transform(self.embed(eeg))
+
+
+ENCODERS = {"ours": EEGEncoder, "official": OfficialEncoder}
+
+
 class EEGConditioner(nn.Module):
     """EEG (B, 128, 512) -> condition (B, S, W), time vector (B, time_dim) or None, CLIP embed (B, E)."""
 
     def __init__(self, cfg: ConditionerConfig):
         super().__init__()
         self.config = cfg
-        self.encoder = EEGEncoder(MAEConfig(**cfg.encoder))
+        self.encoder = ENCODERS[cfg.encoder_forward](MAEConfig(**cfg.encoder))
         tokens, width = self.encoder.num_tokens, self.encoder.width
         self.mapper = TokenMapper(cfg, tokens, width)
         self.clip_head = nn.Sequential(nn.Conv1d(tokens, 1, 1), nn.Flatten(1), nn.Linear(width, cfg.clip_dim))

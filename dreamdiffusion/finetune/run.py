@@ -108,11 +108,43 @@ def summary(result: FinetuneResult, data) -> dict:
     }
 
 
+def import_official(config: FinetuneConfig, paths: FinetunePaths) -> StageResult:
+    """`source: official`: the authors' checkpoint (sha256 checked first) imported as the fine-tuned model;
+    nothing is trained or selected here, so the history is empty and the figures say so."""
+    import time
+
+    from dreamdiffusion.core.fileio import DataError
+    from dreamdiffusion.core.plots import message_figure
+    from dreamdiffusion.finetune.official.__main__ import read_ldm_config
+    from dreamdiffusion.finetune.official.convert import import_checkpoint
+
+    start, checkpoint = time.perf_counter(), Path(config.official_checkpoint)
+    if not checkpoint.is_file():
+        raise DataError(f"finetune.official_checkpoint: {checkpoint} is not a file")
+    if (found := sha256_file(checkpoint)) != config.official_sha256:
+        raise DataError(f"finetune.official_checkpoint: {checkpoint} has sha256 {found}, "
+                        f"finetune.official_sha256 says {config.official_sha256}")
+    report = import_checkpoint(checkpoint, paths.model, read_ldm_config(config.official_ldm_config))
+    if report.get("kind") != "generation":
+        raise DataError(f"finetune.official_checkpoint: {checkpoint} is an encoder checkpoint, not a generation one")
+    metrics = {"source": "official", "checkpoint_sha256": found, "seconds": round(time.perf_counter() - start, 1),
+               **{f"mapped_keys_{part}": counts["mapped_keys"] for part, counts in report["parts"].items()},
+               "dropped_keys": sum(entry["keys"] for entry in report["dropped"].values())}
+    write_json(paths.metrics, metrics)
+    write_history_csv([], paths.history, LOSS_KEYS)
+    note = f"imported official checkpoint {checkpoint.name}:\nno training epochs here (import_report.json)"
+    for figure in (paths.loss_figure, paths.grid):
+        message_figure(note, figure)
+    return StageResult(metrics, [(paths.metrics, None), (paths.model / "import_report.json", None)])
+
+
 def run(config: FinetuneConfig, paths: FinetunePaths, seed: int, compute,
         log: Callable[[dict, int], None] | None = None) -> StageResult | None:
     """The `finetune` stage (None on a non-main process of a multi-process run: it writes nothing)."""
     from dreamdiffusion.core.compute import resolve_device
 
+    if config.source == "official":
+        return import_official(config, paths)
     device = str(resolve_device(compute))
     paired = read_processed(load_paired_eeg, paths.eeg, splits=("train", "val"))  # the test split is never read
     image_set = read_processed(load_images, paths.images)

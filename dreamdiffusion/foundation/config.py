@@ -3,7 +3,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dreamdiffusion.core.config import MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LAYERS, MAX_SAMPLING_STEPS, MAX_STEPS, MAX_WIDTH, PRECISIONS, ConfigError, param
+from dreamdiffusion.core.config import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_IMAGE_SIZE,
+    MAX_LAYERS,
+    MAX_SAMPLING_STEPS,
+    MAX_STEPS,
+    MAX_WIDTH,
+    PRECISIONS,
+    ConfigError,
+    param,
+)
 
 
 def check_groups(norm_num_groups: int, block_out_channels: list[int]) -> None:

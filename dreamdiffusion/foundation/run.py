@@ -20,7 +20,15 @@ def build_pretrained(images: ImageSet, cfg: FoundationConfig, out_dir: Path, tim
     """Resolve and snapshot SD, CLIP, the ImageNet judge and Inception weights under `out_dir`
     (or install a released miniature foundation, checked against its release.json and the world).
     Returns the release's release.json when one was installed, else None."""
-    from dreamdiffusion.foundation.pretrained import INCEPTION_FILE, check_image_size, resolve_stable_diffusion, snapshot_clip, snapshot_inception, snapshot_judge, snapshot_stable_diffusion
+    from dreamdiffusion.foundation.pretrained import (
+        INCEPTION_FILE,
+        check_image_size,
+        resolve_stable_diffusion,
+        snapshot_clip,
+        snapshot_inception,
+        snapshot_judge,
+        snapshot_stable_diffusion,
+    )
 
     if cfg.pretrained.release:
         from dreamdiffusion.foundation.release import install_release

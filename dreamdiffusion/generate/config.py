@@ -10,6 +10,9 @@ from dreamdiffusion.core.config import MAX_BATCH, MAX_SAMPLING_STEPS, PRECISIONS
 class GenerateConfig:
     """The `generate` params section."""
 
+    sampling: str = param("params", choices=["params", "checkpoint"],
+                          help="checkpoint: scheduler, steps, samples and guidance of an imported official "
+                               "checkpoint (its official.json) instead of the values below")
     samples_per_eeg: int = param(2, min=1, max=100, help="images per test trial (paper: 5)")
     scheduler: str = param("ddim", choices=["ddim", "pndm", "dpmsolver++"], help="pndm = the paper's PLMS")
     steps: int = param(10, min=1, max=MAX_SAMPLING_STEPS, help="sampling steps (paper: 250 PLMS)")

@@ -23,6 +23,8 @@ from dreamdiffusion.generate.config import GenerateConfig
 from dreamdiffusion.generate.figures import write_grids
 from dreamdiffusion.generate.index import write_index
 
+CHECKPOINT_SAMPLING = {"scheduler", "steps", "samples_per_eeg", "guidance"}  # what official.json may set
+
 
 def image_seed(seed: int, trial: int, sample: int) -> int:
     """The seed of one image: a function of (seed, trial, sample) only."""
@@ -127,6 +129,27 @@ def control_partners(test, config: GenerateConfig, seed: int):
         return None, f"no control pairing by {config.control_pairing} possible: {err}"
 
 
+def checkpoint_sampling(config: GenerateConfig, finetune_dir: Path) -> GenerateConfig:
+    """`sampling: checkpoint`: scheduler, steps, samples and guidance from an imported official checkpoint's
+    official.json (checked against the same bounds as params); `sampling: params` keeps `config`."""
+    import json
+
+    from dreamdiffusion.core.config import parse_config, to_dict
+    from dreamdiffusion.core.fileio import DataError
+
+    if config.sampling == "params":
+        return config
+    path = finetune_dir / "official.json"
+    try:
+        sampling = json.loads(path.read_text())["sampling"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"generate.sampling checkpoint: {path} has no sampling settings ({err}); "
+                        "it is written by importing an official checkpoint (finetune.source official)") from None
+    if not isinstance(sampling, dict) or set(sampling) - CHECKPOINT_SAMPLING:
+        raise DataError(f"{path}: sampling must hold only {sorted(CHECKPOINT_SAMPLING)}, got {sampling!r}")
+    return parse_config(GenerateConfig, {**to_dict(config), **sampling}, f"{path}: sampling")
+
+
 def run(config: GenerateConfig, paths: GeneratePaths, seed: int, compute) -> StageResult:
     """The `generate` stage: every test trial's images, the control set, the index and the grids."""
     from dreamdiffusion.core.compute import apply_threads, autocast_dtype, compute_record, resolve_device
@@ -134,6 +157,7 @@ def run(config: GenerateConfig, paths: GeneratePaths, seed: int, compute) -> Sta
     from dreamdiffusion.finetune.load import load_generator
     from dreamdiffusion.preprocess.processed import load_images, load_paired_eeg, read_processed
 
+    config = checkpoint_sampling(config, paths.finetune)
     dtype = autocast_dtype(compute, config.mixed_precision, "generate")
     apply_threads(compute)
     test = read_processed(load_paired_eeg, paths.eeg, splits=("test",))

@@ -14,6 +14,13 @@ def below_nyquist(key: str, freqs: list[float], rate_key: str, rate: float) -> N
                           f"of {rate_key} {rate:g} Hz")
 
 
+# The official model's input (bbaaii/DreamDiffusion, dc_ldm EEG dataset): samples 20..460 of the
+# EEG-ImageNet trial, linearly interpolated to 512, nothing else; 128 channels (OFFICIAL_CHANNELS).
+OFFICIAL_INPUT = {"crop_start": 20, "crop_end": 460, "samples": 512, "resample": "linear", "normalize": "none",
+                  "bandpass": [], "notch": []}
+OFFICIAL_CHANNELS = 128
+
+
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
     """The `preprocess` params section."""
@@ -43,8 +50,16 @@ class PreprocessConfig:
     corpus_stride: int = param(512, min=1, max=1_000_000)
     corpus_max_windows: int = param(40, min=0, max=1_000_000)
     figure_trials: int = param(3, min=0, max=20)
+    model_input: str = param("any", choices=["any", "official"],
+                             help="official: exactly what the official checkpoint takes (128 channels x 512: samples "
+                                  "20..460 linearly interpolated, no filter, no normalisation); other data refused")
 
     def __post_init__(self):
+        if self.model_input == "official":
+            wrong = {k: getattr(self, k) for k, v in OFFICIAL_INPUT.items() if getattr(self, k) != v}
+            if wrong:
+                raise ConfigError("preprocess.model_input official (the official checkpoint's input) needs "
+                                  + ", ".join(f"{k}: {OFFICIAL_INPUT[k]!r} (got {v!r})" for k, v in wrong.items()))
         if self.min_length > self.max_length:
             raise ConfigError(f"min_length {self.min_length} > max_length {self.max_length}")
         if self.crop_start >= self.crop_end:

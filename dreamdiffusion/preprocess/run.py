@@ -17,7 +17,7 @@ from dreamdiffusion.core.fileio import DataError
 from dreamdiffusion.core.progress import progress
 from dreamdiffusion.core.results import StageResult
 from dreamdiffusion.download.raw import image_path
-from dreamdiffusion.preprocess.config import PreprocessConfig
+from dreamdiffusion.preprocess.config import OFFICIAL_CHANNELS, PreprocessConfig
 from dreamdiffusion.preprocess.corpus import CorpusSettings
 from dreamdiffusion.preprocess.processed import SPLIT_CODES, UNUSED, H5Writer
 
@@ -230,6 +230,16 @@ def report(payload: dict, eeg: dict, images: dict, corpus: dict, dropped: dict, 
     }
 
 
+def check_model_input(payload: dict, kept: list[int], config: PreprocessConfig, eeg_file: Path) -> None:
+    """`model_input: official`: refuse EEG the official checkpoint cannot take (not 128 channels)."""
+    if config.model_input != "official":
+        return
+    channels = {int(payload["dataset"][i]["eeg"].shape[0]) for i in kept}
+    if channels != {OFFICIAL_CHANNELS}:
+        raise DataError(f"{eeg_file}: trials have {sorted(channels)} channels; preprocess.model_input official "
+                        f"(the official checkpoint) takes exactly {OFFICIAL_CHANNELS}")
+
+
 def run_preprocess(raw_dir: Path, config: PreprocessConfig, out: ProcessedPaths) -> Preprocessed:
     """Read a raw-data folder (see raw.py), write images.h5, eeg.h5 and corpus.h5 to `out`
     (streamed: neither images nor EEG nor corpus windows are held in memory at once)."""
@@ -249,6 +259,7 @@ def run_preprocess(raw_dir: Path, config: PreprocessConfig, out: ProcessedPaths)
                         "and the length bounds")
     eeg = paired_index(payload, kept, assignment)
     check_split_images(eeg)
+    check_model_input(payload, kept, config, raw_dir / manifest.eeg_file)
     with H5Writer(out.eeg, {"samples": config.samples}) as writer:
         write_paired(payload, kept, eeg, config, writer)
     with H5Writer(out.images, {"image_size": config.image_size}) as writer:
