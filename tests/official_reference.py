@@ -440,3 +440,26 @@ def official_unet_eps(sd: dict, x: torch.Tensor, t: torch.Tensor, context: torch
     for k in range(count("output_blocks")):
         h = _block(torch.cat([h, skips.pop()], dim=1), emb, context, sd, f"output_blocks.{k}", heads)
     return _conv2(F.silu(_gn(h, sd, "out.0", 1e-5)), sd, "out.2")
+
+
+def gaps_to_official(folder, state: dict, spec: Spec, eeg: torch.Tensor, latents: torch.Tensor,
+                     t: torch.Tensor) -> dict[str, float]:
+    """max |ours - official| / max |official| of the condition, the CLIP embedding and one UNet step of the
+    imported `folder` (its conditioner and unet/) against the official forward on the same weights."""
+    from diffusers import UNet2DConditionModel
+
+    from dreamdiffusion.finetune.load import load_conditioner
+    from dreamdiffusion.finetune.model import TimeConditioning
+
+    conditioner = load_conditioner(folder / "conditioner")
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet").eval()
+    with torch.no_grad():
+        condition, time_vector, clip, _ = conditioner(eeg)
+        ref_condition, ref_clip = official_condition(state, eeg, spec.heads)
+        with TimeConditioning(unet)(time_vector):
+            eps = unet(latents, t, encoder_hidden_states=condition).sample
+        ref_eps = official_unet_eps(state, latents, t, ref_condition, spec.unet_heads)
+    pairs = {"condition": (condition, ref_condition), "clip": (clip, ref_clip), "eps": (eps, ref_eps)}
+    for name, (ours, ref) in pairs.items():
+        assert ours.shape == ref.shape, name
+    return {name: float((ours - ref).abs().max() / ref.abs().max()) for name, (ours, ref) in pairs.items()}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from official_reference import Spec, official_condition, official_unet_eps, random_state, save_official
+from official_reference import Spec, gaps_to_official, random_state, save_official
 
 from dreamdiffusion.core.fileio import DataError, verify_manifest
 from dreamdiffusion.core.unpickle import RefusedPickle, load_npy, load_pickle, load_torch_file
@@ -61,23 +61,10 @@ def test_every_key_is_mapped_or_dropped_with_a_reason(imported):
 
 
 def test_conditioner_and_unet_step_equal_the_official_forward(imported, state, one_thread):
-    from diffusers import UNet2DConditionModel
-
-    from dreamdiffusion.finetune.model import TimeConditioning
-
     _, out, _ = imported
-    conditioner = load_conditioner(out / "conditioner")
-    unet = UNet2DConditionModel.from_pretrained(out / "unet").eval()
     eeg, latents, t = torch.randn(2, SPEC.eeg_channels, SPEC.samples), torch.randn(2, 4, 8, 8), torch.tensor([3, 700])
-    with torch.no_grad():
-        condition, time_vector, clip, _ = conditioner(eeg)
-        ref_condition, ref_clip = official_condition(state, eeg, SPEC.heads)
-        with TimeConditioning(unet)(time_vector):
-            eps = unet(latents, t, encoder_hidden_states=condition).sample
-        ref_eps = official_unet_eps(state, latents, t, ref_condition, SPEC.unet_heads)
-    for ours, ref in ((condition, ref_condition), (clip, ref_clip), (eps, ref_eps)):
-        assert ours.shape == ref.shape
-        assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max(), (ours - ref).abs().max()
+    gaps = gaps_to_official(out, state, SPEC, eeg, latents, t)
+    assert max(gaps.values()) <= 1e-5, gaps
 
 
 def test_a_reduce_to_os_system_is_refused_and_never_runs(tmp_path, state):
