@@ -291,3 +291,10 @@ def test_preprocess_for_the_official_model_takes_exactly_its_input():
     check_model_input(payload, [0], config, Path("eeg.pth"))
     with pytest.raises(DataError, match=r"eeg.pth: trials have \[64, 128\] channels.*takes exactly 128"):
         check_model_input(payload, [0, 1], config, Path("eeg.pth"))
+
+
+def test_a_checkpoint_of_the_other_kind_is_refused_before_anything_is_written(imported, tmp_path):
+    checkpoint, _, _ = imported
+    with pytest.raises(DataError, match="an official generation checkpoint, not the encoder checkpoint expected"):
+        import_checkpoint(checkpoint, tmp_path / "out", SPEC.ldm_config(), kind="encoder")
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from closure import closure
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("download", "preprocess", "foundation", "pretrain", "finetune", "generate", "evaluate")
 LATER = {stage: set(STAGES[i:]) for i, stage in enumerate(STAGES)}
@@ -102,9 +104,6 @@ def test_an_edit_makes_stale_only_the_stages_that_import_it(pipeline_copy, edite
 
 def test_every_shared_module_is_a_dep_of_the_stages_that_import_it_only(pipeline_copy):
     """Each core module: the stages it makes stale are exactly those whose import closure holds it."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from closure import closure
-
     closures = {stage: {str(p.relative_to(ROOT)) for p in closure(ROOT / "stages" / f"{stage}.py")}
                 for stage in STAGES}
     for path in sorted((pipeline_copy / "dreamdiffusion/core").glob("*.py")):

@@ -42,6 +42,21 @@ def test_a_stop_during_an_atomic_rename_waits_until_the_new_output_is_in_place(t
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in out.iterdir()] == ["new"]
 
 
+def test_a_stop_just_after_the_temporary_is_made_leaves_no_temporary(tmp_path, monkeypatch):
+    real_mkdtemp = dio.tempfile.mkdtemp
+
+    def mkdtemp_then_a_stop(**kwargs):
+        made = real_mkdtemp(**kwargs)
+        signal.raise_signal(signal.SIGINT)  # the folder exists, atomic_path does not hold it yet
+        return made
+
+    monkeypatch.setattr(dio.tempfile, "mkdtemp", mkdtemp_then_a_stop)
+    with stop_signals(), pytest.raises(Stopped, match="stopped by SIGINT"):
+        with dio.atomic_path(tmp_path / "raw") as tmp:
+            tmp.mkdir()
+    assert sorted(tmp_path.iterdir()) == []  # no `.raw.<pid>.*` left behind
+
+
 def test_handlers_are_restored_and_an_ignored_sigint_stays_ignored():
     before = {each: signal.getsignal(each) for each in (signal.SIGTERM, signal.SIGXFSZ)}
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job's SIGINT

@@ -90,8 +90,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent)) / path.name
+    tmp = None
     try:
+        with _committing():  # a stop signal waits until the new temporary is one `finally` removes
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent)) / path.name
         yield tmp
         with _committing():  # a stop signal waits until the new output is in place
             if path.is_dir() and not path.is_symlink():
@@ -104,7 +106,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             err.filename = str(path)
         raise
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
 _COMMITS = {"open": 0, "held": None}  # `atomic_path` renames in progress; a stop signal that came meanwhile

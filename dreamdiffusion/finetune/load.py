@@ -103,6 +103,7 @@ def load_generator(finetune_dir: str | Path, foundation_dir: str | Path, device=
     if foundation.vae is not None and (finetune_dir / "vae").is_dir():  # an imported checkpoint's own VAE
         from diffusers import AutoencoderKL
 
+        foundation.vae = None  # one VAE in memory, as for the UNet
         foundation.vae = AutoencoderKL.from_pretrained(finetune_dir / "vae").to(device).eval()
     conditioner = load_conditioner(finetune_dir / "conditioner", device)
     return EEGImageGenerator(conditioner, foundation.unet, foundation.vae, scheduler_config(finetune_dir, foundation),

@@ -115,8 +115,7 @@ def import_official(config: FinetuneConfig, paths: FinetunePaths) -> StageResult
 
     from dreamdiffusion.core.fileio import DataError
     from dreamdiffusion.core.plots import message_figure
-    from dreamdiffusion.finetune.official.__main__ import read_ldm_config
-    from dreamdiffusion.finetune.official.convert import import_checkpoint
+    from dreamdiffusion.finetune.official.convert import import_checkpoint, read_ldm_config
 
     start, checkpoint = time.perf_counter(), Path(config.official_checkpoint)
     if not checkpoint.is_file():
@@ -124,9 +123,8 @@ def import_official(config: FinetuneConfig, paths: FinetunePaths) -> StageResult
     if (found := sha256_file(checkpoint)) != config.official_sha256:
         raise DataError(f"finetune.official_checkpoint: {checkpoint} has sha256 {found}, "
                         f"finetune.official_sha256 says {config.official_sha256}")
-    report = import_checkpoint(checkpoint, paths.model, read_ldm_config(config.official_ldm_config))
-    if report.get("kind") != "generation":
-        raise DataError(f"finetune.official_checkpoint: {checkpoint} is an encoder checkpoint, not a generation one")
+    report = import_checkpoint(checkpoint, paths.model, read_ldm_config(config.official_ldm_config),
+                               kind="generation", sha256=found)
     metrics = {"source": "official", "checkpoint_sha256": found, "seconds": round(time.perf_counter() - start, 1),
                **{f"mapped_keys_{part}": counts["mapped_keys"] for part, counts in report["parts"].items()},
                "dropped_keys": sum(entry["keys"] for entry in report["dropped"].values())}

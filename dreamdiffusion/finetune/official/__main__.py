@@ -26,24 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_ldm_config(path: str | None) -> dict | None:
-    """The LDM yaml as a dict (the params loader: 1 MiB at most, no aliases), None without a path."""
-    if path is None:
-        return None
-    from dreamdiffusion.core.config import ConfigError, load_yaml_file
-
-    try:
-        config = load_yaml_file(path)
-    except ConfigError as err:
-        raise DataError(str(err)) from None
-    if not isinstance(config, dict) or "model" not in config:
-        raise DataError(f"{path}: no top-level 'model' section; expected the official config15.yaml")
-    return config
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command; 0 on success, 1 with the error on stderr."""
-    from dreamdiffusion.finetune.official.convert import import_checkpoint
+    from dreamdiffusion.finetune.official.convert import import_checkpoint, read_ldm_config
 
     args = parse_args(argv)
     try:

@@ -199,8 +199,9 @@ def part_tensors(part: m.PartMap, state: dict, expected: dict[str, tuple]) -> di
     return {target: state[source].reshape(expected[target]) for target, source in part.targets.items()}
 
 
-def import_generation(obj: dict, path: Path, out: Path, ldm: dict | None) -> dict:
-    """Write the folder for an official generation checkpoint; returns the mapping report."""
+def import_generation(obj: dict, path: Path, out: Path, ldm: dict | None, sha256: str | None = None) -> dict:
+    """Write the folder for an official generation checkpoint (`sha256`: the file's, when already known);
+    returns the mapping report."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     state = state_dict_of(obj, "model_state_dict", path)
@@ -224,7 +225,7 @@ def import_generation(obj: dict, path: Path, out: Path, ldm: dict | None) -> dic
             write_diffusers(tmp / part, cls, cfg, part_tensors(plan.mapping.parts[part], state, plan.expected[part]))
         write_scheduler(tmp / "scheduler", ldm)
         info = {"train_unet": "official", "source": "official", "checkpoint": path.name,
-                "checkpoint_sha256": sha256_file(path)}
+                "checkpoint_sha256": sha256 or sha256_file(path)}
         (tmp / "finetune.json").write_text(json.dumps(info, indent=2) + "\n")
         official = {"config": conf, "sampling": sampling_settings(conf)}
         (tmp / "official.json").write_text(json.dumps(official, indent=2) + "\n")
@@ -263,14 +264,34 @@ def import_encoder(obj: dict, path: Path, out: Path) -> dict:
     return report
 
 
-def import_checkpoint(path: str | Path, out: str | Path, ldm: dict | None = None) -> dict:
-    """Import an official checkpoint (generation or encoder) into `out`, atomically; returns the mapping report."""
+def read_ldm_config(path: str | None) -> dict | None:
+    """The official LDM yaml (config15.yaml) as a dict (the params loader: 1 MiB at most, no aliases);
+    None without a path."""
+    if path is None:
+        return None
+    from dreamdiffusion.core.config import ConfigError, load_yaml_file
+
+    try:
+        config = load_yaml_file(path)
+    except ConfigError as err:
+        raise DataError(str(err)) from None
+    if not isinstance(config, dict) or "model" not in config:
+        raise DataError(f"{path}: no top-level 'model' section; expected the official config15.yaml")
+    return config
+
+
+def import_checkpoint(path: str | Path, out: str | Path, ldm: dict | None = None, kind: str | None = None,
+                      sha256: str | None = None) -> dict:
+    """Import an official checkpoint into `out`, atomically; returns the mapping report. `kind` ("generation"
+    or "encoder") refuses the other kind before anything is written; `sha256`: the file's, when known."""
     path, out = Path(path), Path(out)
     obj = load_torch_file(path)
     keys = set(obj) if isinstance(obj, dict) else set()
-    if "model_state_dict" in keys and keys <= GENERATION_KEYS:
-        return import_generation(obj, path, out, ldm)
-    if "model" in keys and keys <= ENCODER_KEYS:
-        return import_encoder(obj, path, out)
-    raise DataError(f"{path}: top-level keys {sorted(map(str, keys))} are neither a generation checkpoint "
-                    f"{sorted(GENERATION_KEYS)} nor an encoder checkpoint {sorted(ENCODER_KEYS)}")
+    found = ("generation" if "model_state_dict" in keys and keys <= GENERATION_KEYS
+             else "encoder" if "model" in keys and keys <= ENCODER_KEYS else None)
+    if found is None:
+        raise DataError(f"{path}: top-level keys {sorted(map(str, keys))} are neither a generation checkpoint "
+                        f"{sorted(GENERATION_KEYS)} nor an encoder checkpoint {sorted(ENCODER_KEYS)}")
+    if kind is not None and found != kind:
+        raise DataError(f"{path}: an official {found} checkpoint, not the {kind} checkpoint expected here")
+    return import_generation(obj, path, out, ldm, sha256) if found == "generation" else import_encoder(obj, path, out)
