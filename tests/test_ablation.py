@@ -10,7 +10,8 @@ import pytest
 from dreamdiffusion.tools.ablation import ROW_NAMES, experiment_name, parse_name
 from dreamdiffusion.tools.ablation.__main__ import main
 from dreamdiffusion.tools.ablation.queue import queue_active
-from dreamdiffusion.tools.ablation.report import collect, common_settings, disagreements, markdown, summarize
+from dreamdiffusion.tools.ablation.markdown import markdown
+from dreamdiffusion.tools.ablation.report import collect, common_settings, paired, summarize, verdicts
 
 BASE_PARAMS = {"seed": 0, "finetune": {"val_every": 6, "epochs": 12, "clip_weight": 1.0}}
 
@@ -65,20 +66,35 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert full["val_nway_top1"][0] == pytest.approx(0.51)
 
 
-def test_report_says_plainly_where_a_row_contradicts_the_paper():
+def test_report_gives_paired_differences_and_says_plainly_where_a_row_contradicts_the_paper():
     table = summarize(collect(payload()))
-    found = disagreements(table)
-    assert len(found) == 1 and found[0].startswith("`no-alignment`: 0.750 >= full 0.450 on the same seeds [0, 1]")
+    no_alignment = table[1]
+    interval = paired(table, no_alignment, "nway_top1")  # seeds 0, 1: 0.7 - 0.4, 0.8 - 0.5
+    assert (interval.n, interval.mean) == (2, pytest.approx(0.3)) and interval.excludes_zero
+    assert paired(table, table[0], "nway_top1") is None  # full is the reference itself
+    found = verdicts(table)
+    assert found["supports"] == [] and found["unresolved"] == []
+    assert found["contradicts"] == ["`no-alignment` - full: +0.300 [+0.300, +0.300] * over 2 seeds (paper: 28.3% vs 45.8%)"]
     text = markdown(table, common_settings(collect(payload())))
-    assert "| full | " in text and "| 3 (0, 1, 2) | 0.500 ± 0.100 | 0.500 |" in text
-    assert "| 0.750 ± 0.071 | 0.450 |" in text and "45.8%" in text and "28.3%" in text
-    assert "Contradicts the paper: `no-alignment`" in text
+    assert "| full | " in text and "| - | 3 (0, 1, 2) | 0.500 ± 0.100 | - | 0.510 ± 0.100 | - |" in text
+    assert "| `full` | 2 (0, 1) | 0.750 ± 0.071 | +0.300 [+0.300, +0.300] * |" in text and "45.8%" in text
+    assert "Contradicts the paper (above full, interval excludes 0): `no-alignment`" in text
     assert "`finetune.epochs=4`, `finetune.val_every=5`" in text  # what every run set, found in the params
+    assert "Not the finished 5-seed, default-schedule queue" in text and "rows not run yet: no-pretraining" in text
+    assert "| labels-10-no-pretraining | 10% of train trials; encoder randomly initialised | `labels-10-full` | not run yet" in text
+
+
+def test_an_interval_including_zero_is_reported_as_unresolved():
+    runs = [experiment(f"abl-full-s{s}", s, v) for s, v in enumerate([0.4, 0.5, 0.6])]
+    runs += [experiment(f"abl-mask-0.5-s{s}", s, v) for s, v in enumerate([0.45, 0.45, 0.65])]
+    table = summarize(collect([{**payload()[1], "experiments": runs}]))
+    found = verdicts(table)  # differences +0.05, -0.05, +0.05: mean 0.017, interval includes 0
+    assert found["contradicts"] == [] and found["unresolved"][0].startswith("`mask-0.5` - full: +0.017 [")
 
 
 def test_report_with_the_full_row_alone_compares_nothing():
     table = [entry for entry in summarize(collect(payload())) if entry["row"].name == "full"]
-    assert "Nothing to compare yet" in markdown(table, {}) and not disagreements(table)
+    assert "Nothing to compare yet" in markdown(table, {}) and not any(verdicts(table).values())
 
 
 def test_report_command_writes_markdown_and_png_from_a_payload(tmp_path):
@@ -92,12 +108,18 @@ def test_report_command_writes_markdown_and_png_from_a_payload(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["ablation.md", "ablation.png"]  # no temp files left
 
 
-def test_report_without_ablation_runs_is_an_error(tmp_path, capsys):
+def test_report_without_ablation_runs_is_an_error_unless_allowed(tmp_path, capsys):
     source = tmp_path / "exp_show.json"
     source.write_text(json.dumps([{"rev": "workspace", "data": {}, "experiments": None}]))
     assert main(["report", "--payload", str(source), "--out", str(tmp_path / "a.md")]) == 2
     assert "no finished ablation experiments" in capsys.readouterr().err
     assert not (tmp_path / "a.md").exists()
+    (tmp_path / "a.png").write_bytes(b"old figure")
+    assert main(["report", "--payload", str(source), "--out", str(tmp_path / "a.md"), "--allow-empty"]) == 0
+    text = (tmp_path / "a.md").read_text()
+    assert "The 5-seed, default-schedule queue has not been run yet" in text and "python -m dreamdiffusion.tools.ablation queue" in text
+    assert "17 rows x 5 seeds = 85 experiments on the default schedule" in text
+    assert not (tmp_path / "a.png").exists()  # a figure of results the page no longer holds is removed
 
 
 def test_queue_dry_run_names_each_row_and_seed(capsys):
@@ -109,6 +131,23 @@ def test_queue_dry_run_names_each_row_and_seed(capsys):
                                                      "abl-mask-0.25-s4"]  # seed-major
     assert all("-S finetune.epochs=4" in c and "--queue" in c for c in commands)
     assert "-S pretrain.model.mask_ratio=0.25 " in commands[1] and "-S seed=3 " in commands[1]
+    assert "2 rows x 2 seeds = 4 experiments on the default schedule" in lines[0] and "expected CPU time" in lines[0]
+
+
+def test_queue_runs_every_row_on_five_seeds_with_the_default_schedule_unless_short(capsys):
+    assert main(["queue", "--dry-run"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dvc exp run")]
+    assert len(commands) == len(ROW_NAMES) * 5 and commands[-1].endswith(f"-n abl-{ROW_NAMES[-1]}-s4")
+    assert not any(k in c for c in commands for k in ("pretrain.epochs", "finetune.epochs", "samples_per_eeg", "val_every"))
+    budget = next(c for c in commands if "abl-labels-10-no-pretraining-s0" in c)
+    for flag in ("-S finetune.train_fraction=0.1 ", "-S finetune.encoder_init=random ",
+                 "-S download.synthetic.physiology_blocks=56 ", "-S preprocess.corpus_bandpass=[] ",
+                 "-S preprocess.pretrain_sources=[synthetic-physiology, paired-train] "):
+        assert flag in budget, flag
+    assert main(["queue", "--dry-run", "--short", "--rows", "full", "--seeds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "shortened schedule (pretrain.epochs 12" in out
+    assert "-S pretrain.epochs=12 -S finetune.epochs=9 -S finetune.align_epochs=8" in out
 
 
 def test_a_row_keeps_what_defines_it_whatever_is_set_for_all_rows(capsys):

@@ -9,6 +9,8 @@
                                     extra images (`<wnid>_x<number>`, the foundation-model corpus)
     captions.json                   {wnid: 'a red circle'}
     corpus/synthetic/recNNN_raw.fif unlabeled EEG (mne Raw, volts), varied channels and rates
+    corpus/synthetic-physiology/    only when physiology_blocks > 0: unlabeled blocks of the same
+      subNN_blockNNN_raw.fif        subjects (synthetic_physiology.py)
 
 Classes are shape x colour concepts (synthetic_images.py); every subject sees every stimulus
 image once, class by class (block design); the EEG is simulated in synthetic_eeg.py.
@@ -16,7 +18,6 @@ image once, class by class (block design); the EEG is simulated in synthetic_eeg
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from dreamdiffusion.core.config import ConfigError, param
 from dreamdiffusion.core.eeg_signal import resample_linear
 from dreamdiffusion.core.progress import progress
 from dreamdiffusion.download import synthetic_eeg as sim
+from dreamdiffusion.download.synthetic_eeg import stream
 from dreamdiffusion.download.raw import CAPTIONS_FILE, CORPUS_DIR, IMAGES_DIR, RawManifest, image_path
+from dreamdiffusion.download.synthetic_physiology import PHYSIOLOGY_SOURCE, write_physiology_corpus
 from dreamdiffusion.download.synthetic_images import class_concepts, render_image, save_jpeg
 
 EEG_FILE = "eeg_5_95_std.pth"
@@ -62,6 +65,11 @@ class SyntheticConfig:
     val_fraction: float = param(0.1, min=0.0, max=0.5)
     test_fraction: float = param(0.1, min=0.0, max=0.5)
     corpus_recordings: int = param(40, min=0, max=10_000, help="unlabeled pretraining recordings")
+    physiology_blocks: int = param(0, min=0, max=10_000, help="blocks per subject of the corpus that shares the "
+                                   "paired EEG's physiology (synthetic_physiology.py); 0 = not written")
+    physiology_block_seconds: float = param(25.0, min=1.0, max=3600.0, help="seconds per block (one FIF file)")
+    physiology_concepts: int = param(100, min=1, max=10_000, help="unlabelled concepts, none a paired class")
+    physiology_rest_fraction: float = param(0.2, min=0.0, max=1.0, help="blocks without images (rest: alpha)")
     corpus_min_seconds: float = param(20.0, min=1.0, max=3600.0)
     corpus_max_seconds: float = param(60.0, min=1.0, max=3600.0)
     corpus_channels: list[int] = param([22, 32, 60, 64, 118, 128], min=1, max=343)
@@ -91,13 +99,6 @@ def split_sizes(config: SyntheticConfig) -> dict[str, int]:
         raise ConfigError(f"images_per_class {n} leaves no training image after {val} val "
                           f"and {test} test images per class")
     return {"val": val, "test": test, "train": n - val - test}
-
-
-def stream(seed: int, name: str, *index: int) -> np.random.Generator:
-    """An independent random stream per (seed, purpose, index): sizes of one part never shift another."""
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    return np.random.default_rng([seed, zlib.crc32(name.encode()), *index])
 
 
 def class_ids(n_classes: int) -> list[str]:
@@ -155,7 +156,7 @@ def session_order(rng: np.random.Generator, n_classes: int, per_class: int) -> t
 
 def simulate_session(config: SyntheticConfig, seed: int, world: dict, number: int) -> list[dict]:
     """All trials of subject `number` (from 1), in session order, z-scored per channel."""
-    rng, blocks_rng = stream(seed, "eeg-subject", number), stream(seed, "eeg-blocks", number)
+    rng, blocks_rng = stream(seed, sim.SUBJECT_STREAM, number), stream(seed, "eeg-blocks", number)
     subject = sim.make_subject(rng, world["positions"])
     images, blocks, progress = session_order(rng, config.classes, config.images_per_class)
     labels = images // config.images_per_class
@@ -183,7 +184,7 @@ def simulate_session(config: SyntheticConfig, seed: int, world: dict, number: in
 def simulate_paired_eeg(config: SyntheticConfig, seed: int, x_positions: np.ndarray) -> list[dict]:
     """The `dataset` list: one dict per trial, subject by subject, in session order."""
     positions = sim.channel_positions()
-    templates = sim.class_templates(stream(seed, "eeg-classes"), config.classes)
+    templates = sim.class_templates(stream(seed, sim.CLASS_STREAM), config.classes)
     world = {"positions": positions, "templates": templates,
              "effects": sim.image_effects(stream(seed, "eeg-images"), x_positions, config.image_effect),
              "scale": config.snr / sim.evoked_rms(templates, positions)}
@@ -245,6 +246,8 @@ def generate_world(config: SyntheticConfig, seed: int, out_dir: Path) -> RawMani
     torch.save({"dataset": dataset, "labels": wnids, "images": images}, out_dir / EEG_FILE)
     torch.save(split_by_image(config, seed, dataset, len(images)), out_dir / SPLITS_FILE)
     write_corpus(config, seed, out_dir / CORPUS_DIR / CORPUS_SOURCE)
+    if config.physiology_blocks:
+        write_physiology_corpus(config, seed, out_dir / CORPUS_DIR / PHYSIOLOGY_SOURCE)
     return RawManifest(source="synthetic", eeg_file=EEG_FILE, splits_file=SPLITS_FILE,
                        images_dir=IMAGES_DIR, captions_file=CAPTIONS_FILE, corpus_dir=CORPUS_DIR)
 

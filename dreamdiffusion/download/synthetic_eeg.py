@@ -18,6 +18,7 @@ and (with the shape's horizontal position) the lateralisation of every topograph
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,14 @@ NOISE_SOURCES = 32
 # relative RMS of the noise parts before the total is normalised to 1
 PINK, ALPHA, SENSOR, LINE, DRIFT = 1.0, 0.6, 0.35, 0.15, 0.4
 POSTERIOR = np.array([0.0, -0.8, 0.6])  # occipital direction (x right, y front, z up)
+CLASS_STREAM, SUBJECT_STREAM = "eeg-classes", "eeg-subject"  # random streams of the class templates, the subjects
+
+
+def stream(seed: int, name: str, *index: int) -> np.random.Generator:
+    """An independent random stream per (seed, purpose, index): sizes of one part never shift another."""
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return np.random.default_rng([seed, zlib.crc32(name.encode()), *index])
 
 
 def channel_positions() -> np.ndarray:

@@ -35,6 +35,9 @@ class FinetuneConfig:
     cond_noise: float = param(0.1, min=0.0, help="std of Gaussian noise added to the condition in training")
     clip_weight: float = param(1.0, min=0.0)
     caption_weight: float = param(1.0, min=0.0, help="pull the condition towards the class caption's text states")
+    train_fraction: float = param(1.0, min=0.0, max=1.0,
+                                  help="label budget: the share of each class's TRAIN trials fine-tuned on, a subset "
+                                  "fixed by the seed (finetune/budget.py); val and test are never subsampled")
     epochs: int = param(26, min=1, max=MAX_EPOCHS)
     align_epochs: int = param(24, min=0, max=MAX_EPOCHS,
                               help="the first epochs train the conditioner on the CLIP (and caption) "
@@ -76,6 +79,8 @@ class FinetuneConfig:
         if self.align_epochs and not (self.clip_weight or self.caption_weight):
             raise ConfigError(f"finetune.align_epochs {self.align_epochs} with clip_weight and caption_weight both 0: "
                               "those epochs would train nothing; set align_epochs: 0")
+        if self.train_fraction <= 0:
+            raise ConfigError(f"finetune.train_fraction: expected a fraction in (0, 1], got {self.train_fraction}")
         if self.align_epochs >= self.epochs:
             raise ConfigError(f"finetune.align_epochs {self.align_epochs} must be below finetune.epochs {self.epochs}: "
                               "the last epochs need the diffusion loss")

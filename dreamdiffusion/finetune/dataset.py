@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from dreamdiffusion.core.fileio import DataError, atomic_path, sha256_file
 from dreamdiffusion.core.hdf5 import Field, open_h5
+from dreamdiffusion.finetune.budget import budget_rows
 from dreamdiffusion.foundation.images import to_float_images
 from dreamdiffusion.preprocess.processed import H5Array, H5Writer, preload
 
@@ -129,10 +130,11 @@ class FinetuneData:
     probe_true: np.ndarray
 
 
-def finetune_data(paired, features: Path, image_set, foundation, config, preload_mib: float = 0) -> FinetuneData:
-    """Train/val trial sets over `features` (in memory up to `preload_mib` MiB per array), and the
-    `config.val_trials` val trials (evenly spaced) that validation generates from, with the judge's
-    class of their ground-truth images."""
+def finetune_data(paired, features: Path, image_set, foundation, config, preload_mib: float = 0,
+                  seed: int = 0) -> FinetuneData:
+    """Train trials (the `config.train_fraction` label budget of the train split, fixed by `seed`) and val
+    trial sets over `features` (in memory up to `preload_mib` MiB per array), and the `config.val_trials`
+    val trials (evenly spaced) that validation generates from, with the judge's class of their ground truth."""
     from dreamdiffusion.core.nway import true_classes_from
     from dreamdiffusion.foundation.judge import predict
     from dreamdiffusion.preprocess.processed import take
@@ -144,6 +146,7 @@ def finetune_data(paired, features: Path, image_set, foundation, config, preload
                             image_features, preload_mib)
 
     train, val = paired.subset("train"), paired.subset("val")
+    train = train[budget_rows(paired.label[train], paired.trial[train], config.train_fraction, seed)]
     if len(val) == 0:
         raise DataError("eeg.h5 has no val trials: validation (and so model selection) needs some")
     probe = np.linspace(0, len(val) - 1, min(config.val_trials, len(val))).round().astype(int)

@@ -149,7 +149,7 @@ def run(config: FinetuneConfig, paths: FinetunePaths, seed: int, compute,
     features = image_features(paths, paired, image_set, config, device)
     foundation = load_foundation(paths.foundation, device, parts=("stable_diffusion", "judge"))
     models = build_models(config, foundation, paths.encoder, seed)
-    data = finetune_data(paired, features, image_set, foundation, config, compute.preload_mib)
+    data = finetune_data(paired, features, image_set, foundation, config, compute.preload_mib, seed)
     inputs = "-".join(sha256_file(p)[:16] for p in (paths.eeg, paths.images, paths.encoder / "encoder.safetensors",
                                                     paths.foundation / "manifest.json"))
     result = finetune(config, models, data, foundation, seed, paths.checkpoints, inputs, log, compute=compute)

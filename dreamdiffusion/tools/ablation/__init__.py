@@ -1,10 +1,11 @@
 """The paper's ablation (DreamDiffusion, arXiv 2306.16934, Table 2) in miniature, as DVC experiments.
 
 Every row is a set of params overrides on top of params.yaml (plus any `--set` shared by all rows),
-run once per seed as a queued `dvc exp run` named `abl-<row>-s<seed>`. The report reads
-`dvc exp show --json` back: mean +- std over seeds per row, N, next to the paper's numbers.
+run once per seed as a queued `dvc exp run` named `abl-<row>-s<seed>`; every row runs the default
+schedule and the same seeds. The report reads `dvc exp show --json` back: per row its mean over seeds
+and its paired difference from its reference row (per-seed differences, 95 % t interval; stats.py).
 
-    python -m dreamdiffusion.tools.ablation queue [--seeds 0 1 2] [--rows full mask-0.25 ...] [--set key=value ...]
+    python -m dreamdiffusion.tools.ablation queue [--seeds 0 1 2 3 4] [--rows full ...] [--short] [--set key=value ...]
     python -m dreamdiffusion.tools.ablation run [-j 1]        # dvc queue start -j N, then wait for the queue
     python -m dreamdiffusion.tools.ablation report            # docs/ablation.md + docs/ablation.png
 """
@@ -15,12 +16,15 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One row of the table: what it changes and the paper's 50-way top-1 (%) for it, if reported."""
+    """One row of the table: what it changes, the paper's 50-way top-1 (%) for it if reported, and the row
+    its paired differences are taken from (`reference`; None for `full` itself)."""
 
     name: str
     description: str
     overrides: dict
     paper_top1: float | None = None
+    reference: str | None = "full"
+    group: str = "table2"  # table2 (the paper's Table 2) | labels (the label-budget axis)
 
 
 # The rows change params.yaml's recipe (ours). Its alignment is two losses: the paper's CLIP loss and
@@ -43,6 +47,41 @@ ROWS = [
     Row("encoder-small", "encoder width 32, depth 2 (default 64 x 4)",
         {"pretrain": {"model": {"width": 32, "depth": 2, "heads": 2}}}),
 ]
+ROWS[0] = dataclasses.replace(ROWS[0], reference=None)
+
+# The label-budget rows pretrain the MAE on the corpus that shares the paired EEG's physiology (download/
+# synthetic_physiology.py) plus the paired train trials, as the paper pretrains on unlabeled EEG and then
+# fine-tunes on few labelled trials. 56 blocks of 25 s per subject: 4 subjects x 56 blocks x 56 windows =
+# 12,544 windows, 10.0x the 1,254 paired train windows. The paired windows are 440 ms stretched to 512
+# samples (preprocess crop 20..460, linear resampling), so the corpus is resampled to 1000 x 512 / 440 Hz
+# to give its windows the same time scale; neither is band-passed (preprocess.bandpass is [] for the
+# paired EEG); every window of a block is kept.
+PHYSIOLOGY_BLOCKS = 56
+PHYSIOLOGY_CORPUS = {
+    "download": {"synthetic": {"physiology_blocks": PHYSIOLOGY_BLOCKS}},
+    "preprocess": {"pretrain_sources": ["synthetic-physiology", "paired-train"], "corpus_bandpass": [],
+                   "corpus_max_windows": 0, "corpus_sample_rate": 1000.0 * 512 / 440},
+}
+BUDGETS = (10, 25, 50, 100)  # % of each class's train trials (finetune.train_fraction)
+
+
+def budget_rows() -> list[Row]:
+    """`full` and `no-pretraining` at each label budget, both pretrained on the physiology corpus: the
+    no-pretraining row is compared with the full one at its budget; a smaller budget's full row with
+    the 100 % one; the 100 % full row with `full` (what the corpus changes)."""
+    rows = []
+    for percent in BUDGETS:
+        budget = {**PHYSIOLOGY_CORPUS, "finetune": {"train_fraction": percent / 100}}
+        full = f"labels-{percent}-full"
+        rows += [Row(full, f"{percent}% of train trials; MAE on physiology corpus + paired train", budget,
+                     reference="full" if percent == 100 else f"labels-{BUDGETS[-1]}-full", group="labels"),
+                 Row(f"labels-{percent}-no-pretraining", f"{percent}% of train trials; encoder randomly initialised",
+                     {**budget, "finetune": {"train_fraction": percent / 100, "encoder_init": "random"}},
+                     reference=full, group="labels")]
+    return rows
+
+
+ROWS += budget_rows()
 ROW_NAMES = [row.name for row in ROWS]
 PREFIX = "abl-"
 

@@ -14,6 +14,12 @@ from dreamdiffusion.tools.presets import merge, validate
 from dreamdiffusion.tools.presets.__main__ import exp_run_command
 
 ACTIVE = ("Queued", "Running")
+DEFAULT_SEEDS = [0, 1, 2, 3, 4]
+# `queue --short`: the shortened schedule of the first (3-seed) ablation run; every other run uses params.yaml's.
+SHORT = {"pretrain": {"epochs": 12}, "finetune": {"epochs": 9, "align_epochs": 8, "val_every": 9},
+         "generate": {"samples_per_eeg": 1}}
+SHORT_NOTE = ("pretrain.epochs 12 (default 32), finetune.epochs 9 of which align_epochs 8 (default 26 and 24), "
+              "finetune.val_every 9, generate.samples_per_eeg 1 (default 2)")
 
 
 def dvc() -> str:
@@ -42,11 +48,10 @@ def row_overrides(row: Row, seed: int, extra: dict) -> dict:
     return merge_nested(merge_nested(extra, row.overrides), {"seed": seed})
 
 
-def queue_commands(rows: list[Row], seeds: list[int], extra: dict, params_file: Path) -> list[list[str]]:
-    """One `dvc exp run --queue -n abl-<row>-s<seed>` per row and seed, each validated against the configs;
-    seed-major, so that any prefix of the queue that has run covers the rows evenly."""
-    params = load_params_document(params_file)
-    commands = []
+def queue_plan(rows: list[Row], seeds: list[int], extra: dict, params: dict) -> list[tuple[str, dict]]:
+    """(experiment name, overrides) per row and seed, each validated against the configs over the params
+    document `params`; seed-major, so that any prefix of the queue that has run covers the rows evenly."""
+    plan = []
     for seed in seeds:
         for row in rows:
             overrides = row_overrides(row, seed, extra)
@@ -54,8 +59,14 @@ def queue_commands(rows: list[Row], seeds: list[int], extra: dict, params_file: 
                 validate(merge(params, overrides))
             except ConfigError as err:
                 raise ConfigError(f"ablation row {row.name!r} (seed {seed}): {err}") from None
-            commands.append(exp_run_command(overrides, ["--queue", "-n", experiment_name(row.name, seed)]))
-    return commands
+            plan.append((experiment_name(row.name, seed), overrides))
+    return plan
+
+
+def queue_commands(rows: list[Row], seeds: list[int], extra: dict, params_file: Path) -> list[list[str]]:
+    """One `dvc exp run --queue -n abl-<row>-s<seed>` per row and seed (see `queue_plan`)."""
+    plan = queue_plan(rows, seeds, extra, load_params_document(params_file))
+    return [exp_run_command(overrides, ["--queue", "-n", name]) for name, overrides in plan]
 
 
 def select_rows(names: list[str] | None) -> list[Row]:
