@@ -38,7 +38,8 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "pretrain": ("val_mse", "probe_top1", "probe_top1_random_init"),
     "finetune": ("val_nway_top1", "val_loss"),
     "evaluate": ("nway_top1", "nway_top5", "controls.nway_top1", "clip_2way", "controls.clip_2way",
-                 "clip_similarity", "ssim", "pixcorr", "eeg_top1", "eeg_top5", "fid", "is_mean", "kid_mean"),
+                 "clip_similarity", "ssim", "pixcorr", "eeg_top1", "eeg_top5", "fid", "is_mean", "kid_mean",
+                 "retrieval.top1", "retrieval.top5", "retrieval.chance_top1", "retrieval.shuffled.top1"),
 }
 FILE_STEMS = {"preprocess": "preprocess", "foundation": "foundation", "pretrain": "pretrain",
               "finetune": "finetune", "evaluate": "eval"}
