@@ -84,3 +84,15 @@ def test_per_subject_figures_and_their_spread():
     found = per_group(queries, own, images, np.repeat([1, 2], 10))
     assert found["groups"]["1"]["top1"] == 1.0 and found["groups"]["2"]["top1"] == 0.0
     assert found["top1_mean"] == 0.5 and found["top1_std"] == 0.5
+
+
+def test_val_selection_retrieval_groups_the_trials_of_one_image():
+    from dreamdiffusion.core.retrieval import gallery_top1
+    from dreamdiffusion.finetune.train import is_better
+
+    images = gallery(5).float()
+    targets = images[np.repeat(np.arange(5), 3)]  # 3 trials per image share its target vector
+    assert gallery_top1(targets + 0.01 * torch.randn_like(targets), targets) == 1.0
+    assert gallery_top1(-targets, targets) == 0.0  # each trial's own image ranked last of 5
+    assert gallery_top1(torch.ones_like(targets), targets) == pytest.approx(1 / 5)  # constant: chance
+    assert is_better(0.4, {"score": 0.3}, "val_retrieval_top1") and not is_better(0.4, {"score": 0.3}, "val_loss")

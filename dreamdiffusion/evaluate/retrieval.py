@@ -12,21 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-
-def cosine_scores(queries: torch.Tensor, gallery: torch.Tensor) -> np.ndarray:
-    """Cosine similarity (Q, G) of query embeddings (Q, E) with gallery embeddings (G, E)."""
-    return (F.normalize(queries.double(), dim=-1) @ F.normalize(gallery.double(), dim=-1).T).numpy()
-
-
-def topk_hits(scores: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
-    """(Q,) probability that the own item (index `own`, (Q,)) ranks within the first `k` of its row of
-    `scores` (Q, G), ties broken at random."""
-    true = scores[np.arange(len(own)), own][:, None]  # (Q, 1)
-    above = (scores > true).sum(axis=1)
-    ties = (scores == true).sum(axis=1) - 1  # other items with exactly the own score
-    return np.clip((k - above) / (ties + 1), 0.0, 1.0)
+from dreamdiffusion.core.retrieval import cosine_scores, topk_hits  # noqa: F401  (part of this module's interface)
 
 
 def kway_top1(scores: np.ndarray, own: np.ndarray, ways: int, draws: int, rng: np.random.Generator) -> np.ndarray:

@@ -21,7 +21,7 @@ from dreamdiffusion.foundation.load import load_foundation
 from dreamdiffusion.preprocess.processed import load_images, load_paired_eeg, read_processed
 
 LOSS_KEYS = ["train_loss", "train_diffusion_loss", "train_clip_loss", "val_loss", "val_diffusion_loss",
-             "val_clip_loss", "val_clip_cosine", "val_nway_top1"]
+             "val_clip_loss", "val_clip_cosine", "val_retrieval_top1", "val_nway_top1"]
 
 
 @dataclass(frozen=True)
