@@ -148,3 +148,30 @@ def test_things_local_refuses_a_missing_subject_naming_it(tmp_path, monkeypatch)
     assert linked.is_symlink() and linked.resolve() == (user / "preprocessed_data/sub-02/preprocessed_eeg_training.npy")
     assert not (tmp_path / "raw/things/preprocessed_data/sub-01").exists()
     assert json.loads((tmp_path / "raw/manifest.json").read_text())["things"]["subjects"] == [2]
+
+
+@pytest.mark.parametrize("channels, samples, patch", [(17, 100, 4), (63, 250, 5)])
+def test_the_mae_and_the_conditioner_take_things_shapes(channels, samples, patch):
+    import torch
+
+    from dreamdiffusion.finetune.model import ConditionerConfig, EEGConditioner
+    from dreamdiffusion.pretrain.model import MAEConfig, MaskedAutoencoder
+
+    config = MAEConfig(channels=channels, samples=samples, patch=patch, width=16, depth=1, heads=2, decoder_width=8,
+                       decoder_depth=1, decoder_heads=2)
+    eeg = torch.randn(3, channels, samples)  # (B, C, T)
+    loss, pred, mask = MaskedAutoencoder(config)(eeg)
+    assert pred.shape == (3, samples // patch, channels * patch) and mask.shape == (3, samples // patch)
+    assert torch.isfinite(loss)
+    out = EEGConditioner(ConditionerConfig(encoder=dataclasses.asdict(config), cond_tokens=7, cond_width=12,
+                                           clip_dim=10, time_dim=8))(eeg)
+    assert out.condition.shape == (3, 7, 12) and out.clip.shape == (3, 10) and out.time_vector.shape == (3, 8)
+    with pytest.raises(ValueError, match=f"expected \\(B, {channels}, {samples}\\)"):
+        MaskedAutoencoder(config)(torch.randn(3, 128, 512))
+
+
+def test_250_samples_need_a_patch_that_divides_them():
+    from dreamdiffusion.pretrain.model import MAEConfig
+
+    with pytest.raises(ConfigError, match=r"samples \(250\) must be a multiple of patch \(4\)"):
+        parse_config(MAEConfig, {"channels": 63, "samples": 250, "patch": 4}, "pretrain.model")
