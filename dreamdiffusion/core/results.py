@@ -38,7 +38,8 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "pretrain": ("val_mse", "probe_top1", "probe_top1_random_init"),
     "finetune": ("val_nway_top1", "val_loss"),
     "evaluate": ("nway_top1", "nway_top5", "controls.nway_top1", "clip_2way", "controls.clip_2way",
-                 "clip_similarity", "ssim", "pixcorr", "eeg_top1", "eeg_top5", "fid", "is_mean", "kid_mean"),
+                 "clip_similarity", "ssim", "pixcorr", "eeg_top1", "eeg_top5", "fid", "is_mean", "kid_mean",
+                 "retrieval.top1", "retrieval.shuffled.top1"),
 }
 FILE_STEMS = {"preprocess": "preprocess", "foundation": "foundation", "pretrain": "pretrain",
               "finetune": "finetune", "evaluate": "eval"}
@@ -65,7 +66,13 @@ def headline(stage: str, report: dict) -> dict:
             target = target.setdefault(part, {})
         if isinstance(source, dict) and leaf in source:
             target[leaf] = source[leaf]
-    return {k: v for k, v in out.items() if v != {}}
+    return prune_empty(out)
+
+
+def prune_empty(tree: dict) -> dict:
+    """`tree` without the (nested) dicts that hold nothing."""
+    pruned = {k: prune_empty(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    return {k: v for k, v in pruned.items() if v != {}}
 
 
 def flatten_headline(found: dict, prefix: str = "") -> dict:

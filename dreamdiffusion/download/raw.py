@@ -25,12 +25,13 @@ CORPUS_DIR = "corpus"
 class RawManifest:
     """What a raw-data folder holds: file names relative to it, and their origin."""
 
-    source: str  # synthetic | local | url
+    source: str  # synthetic | local | url | things-twin | things-local
     eeg_file: str
     splits_file: str
     images_dir: str = IMAGES_DIR
     captions_file: str | None = None
     corpus_dir: str | None = None
+    things: dict | None = None  # THINGS-EEG2 sources: {layout, counts, subjects} (download/things_source.py)
     files: dict = dataclasses.field(default_factory=dict)  # name -> {sha256, origin}
 
     def write(self, raw_dir: Path) -> None:

@@ -1,12 +1,13 @@
-"""Fill a raw-data folder from one of three sources: synthetic, local files, or URLs.
+"""Fill a raw-data folder from one of the sources: synthetic, local files, URLs, or THINGS-EEG2 (its twin
+or a local download, things_source.py).
 
-Every source ends the same way: the files are validated against the EEG-ImageNet schema
-(all problems reported together) and a manifest records what is there and where it came from.
+Every source ends the same way: the files are validated against their dataset's schema (EEG-ImageNet:
+all problems reported together; THINGS-EEG2: its readers) and a manifest records what is there and
+where it came from.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import stat
 import tarfile
@@ -16,21 +17,8 @@ from pathlib import Path, PurePosixPath
 from dreamdiffusion.core.fileio import DataError, atomic_path, path_inside, sha256_file
 from dreamdiffusion.core.results import StageResult
 from dreamdiffusion.download.config import DownloadConfig
+from dreamdiffusion.download.links import existing, link_file, link_tree  # noqa: F401  (also used from here)
 from dreamdiffusion.download.raw import CAPTIONS_FILE, CORPUS_DIR, IMAGES_DIR, RawManifest
-
-
-def link_file(source: Path, dest: Path) -> None:
-    """Symlink `dest` -> absolute `source` (the user's copy stays where it is)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(source.resolve(), dest)
-
-
-def link_tree(source: Path, dest: Path, pattern: str) -> int:
-    """Link every file matching `pattern` under `source` into the same place under `dest`."""
-    files = sorted(p for p in source.rglob(pattern) if p.is_file())
-    for path in files:
-        link_file(path, dest / path.relative_to(source))
-    return len(files)
 
 
 def url_target(out_dir: Path, url: str, key: str) -> Path:
@@ -38,14 +26,6 @@ def url_target(out_dir: Path, url: str, key: str) -> Path:
     from urllib.parse import unquote, urlparse
 
     return path_inside(out_dir, unquote(urlparse(url).path.rsplit("/", 1)[-1]), what=f"{key}: the URL's file name")
-
-
-def existing(path_text: str, key: str, base: Path) -> Path:
-    """A user-supplied path (relative to `base`) that must exist."""
-    path = Path(path_text) if Path(path_text).is_absolute() else base / path_text
-    if not path.exists():
-        raise DataError(f"download.{key}: {path} does not exist")
-    return path
 
 
 def from_local(config: DownloadConfig, out_dir: Path, base: Path) -> RawManifest:
@@ -175,14 +155,19 @@ def add_moabb(config: DownloadConfig, out_dir: Path, manifest: RawManifest) -> N
 
 def run_download(config: DownloadConfig, seed: int, out_dir: Path, base: Path) -> RawManifest:
     """Fill the empty folder `out_dir`; user paths are relative to `base`. Returns the manifest."""
-    if config.source == "synthetic":
+    if config.source.startswith("things-"):
+        from dreamdiffusion.download.things_source import from_things_local, from_things_twin
+
+        manifest = (from_things_twin(config, seed, out_dir) if config.source == "things-twin"
+                    else from_things_local(config, out_dir, base))
+    elif config.source == "synthetic":
         manifest = from_synthetic(config, seed, out_dir)
     elif config.source == "local":
         manifest = from_local(config, out_dir, base)
     else:
         manifest = from_url(config, out_dir)
     add_moabb(config, out_dir, manifest)
-    for name in (manifest.eeg_file, manifest.splits_file):
+    for name in (manifest.eeg_file, manifest.splits_file) if manifest.things is None else ():
         manifest.files.setdefault(name, {"origin": config.source})
     for name, entry in manifest.files.items():
         path = out_dir / name

@@ -16,5 +16,11 @@ class EvaluateConfig:
     fidelity: bool = param(True, help="compute FID / IS / KID")
     kid_subset_size: int = param(100, min=2, max=MAX_DRAWS)
     batch_size: int = param(128, min=1, max=MAX_BATCH, help="images per judge / CLIP / SSIM batch")
+    retrieval: bool = param(True, help="zero-shot retrieval: the EEG's CLIP-space embedding ranked against the "
+                            "CLIP embeddings of every test image (evaluate/retrieval.py)")
+    retrieval_ways: list[int] = param([2, 4, 10], min=2, max=MAX_DRAWS, help="k of the k-way retrieval variants "
+                                      "(those above the gallery size are left out)")
+    retrieval_draws: int = param(50, min=1, max=MAX_DRAWS, help="random distractor draws of each k-way variant")
+    retrieval_shuffles: int = param(20, min=1, max=MAX_DRAWS, help="draws of the shuffled-EEG control")
     fidelity_batch_size: int = param(64, min=1, max=MAX_BATCH,
                                      help="images per feature-extractor batch in FID / IS / KID")

@@ -14,10 +14,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dreamdiffusion.core.fileio import DataError
 from dreamdiffusion.core.nway import effective_n_way, nway_topk, summarize_over_samples, true_classes_from
 from dreamdiffusion.evaluate.config import EvaluateConfig
 from dreamdiffusion.evaluate.fidelity import fidelity_metrics
+from dreamdiffusion.evaluate.reconstruction import reconstruction_suite
 from dreamdiffusion.evaluate.identification import clip_similarity, pixcorr, ssim, two_way_identification
+from dreamdiffusion.evaluate.retrieval import per_group, retrieval_metrics
 
 
 def load_pngs(paths: list[Path]) -> torch.Tensor:
@@ -103,10 +106,19 @@ def nway_block(gen_probs, true_classes, cfg: EvaluateConfig, seed: int, samples:
 
 
 @torch.no_grad()
+def eeg_embeds(generator, test_eeg, batch: int) -> torch.Tensor:
+    """The conditioner's CLIP-space embedding of every test trial (N, E), the EEG read a batch at a time."""
+    return torch.cat([generator.clip_embeds(torch.from_numpy(np.asarray(test_eeg[i : i + batch], dtype=np.float32)))
+                      for i in range(0, len(test_eeg), batch)])
+
+
+@torch.no_grad()
 def eeg_decoding(generator, test_eeg, labels: np.ndarray, prototypes: torch.Tensor, batch: int) -> dict:
-    """Class accuracy from the EEG alone: its CLIP-space embedding against class prototypes (EEG read per batch)."""
-    embeds = torch.cat([generator.clip_embeds(torch.from_numpy(np.asarray(test_eeg[i : i + batch], dtype=np.float32)))
-                        for i in range(0, len(test_eeg), batch)])
+    """Class accuracy from the EEG alone: its CLIP-space embedding against class prototypes (EEG read per batch);
+    skipped when a test class has no prototype (no train image: a zero-shot split, where `retrieval` applies)."""
+    if not torch.isfinite(prototypes[np.unique(labels)]).all():
+        return {"eeg_decoding_skipped": "test classes have no train images (zero-shot split): see retrieval"}
+    embeds = eeg_embeds(generator, test_eeg, batch)
     ranked = (embeds @ prototypes.T).argsort(dim=1, descending=True).numpy()  # (N, C)
     return {"eeg_top1": float(np.mean(ranked[:, 0] == labels)),
             "eeg_top5": float(np.mean([label in row[:5] for row, label in zip(ranked, labels)]))}
@@ -119,8 +131,26 @@ def class_prototypes(foundation, image_set, batch: int) -> torch.Tensor:
     embeds = torch.cat([clip_image_embeds(foundation, images, batch)
                         for images in image_batches(image_set.images, rows, size, batch)])
     labels = torch.from_numpy(image_set.labels[rows])
-    protos = torch.stack([embeds[labels == c].mean(0) for c in range(len(image_set.class_names))])
+    protos = torch.stack([embeds[labels == c].mean(0) for c in range(len(image_set.class_names))])  # NaN: no image
     return F.normalize(protos, dim=-1)
+
+
+def eeg_retrieval(generator, foundation, image_set, test, cfg: EvaluateConfig, seed: int) -> dict:
+    """Zero-shot retrieval of the test images from the test EEG (evaluate/retrieval.py): the gallery is every
+    test image's CLIP embedding (at the foundation's size), the queries the conditioner's CLIP head outputs."""
+    rows = image_set.subset("test")
+    gallery = torch.cat([clip_image_embeds(foundation, images, cfg.batch_size) for images in
+                         image_batches(image_set.images, rows, foundation.image_size, cfg.batch_size)])
+    own = np.minimum(np.searchsorted(rows, test.image_index), len(rows) - 1)  # (Q,) gallery position of its image
+    if not np.array_equal(rows[own], test.image_index):
+        raise DataError(f"eeg.h5: test trials show images {sorted(set(test.image_index) - set(rows))[:5]} that "
+                        "images.h5 does not mark as test; rerun the `preprocess` stage")
+    queries = eeg_embeds(generator, test.eeg, cfg.batch_size)
+    found = retrieval_metrics(queries, own, gallery, list(cfg.retrieval_ways), cfg.retrieval_draws,
+                              cfg.retrieval_shuffles, seed)
+    return {**found, "per_subject": per_group(queries, own, gallery, test.subject),
+            "embedding": "conditioner CLIP head (EEG -> CLIP image space), cosine",
+            "gallery_images": "every test image, foundation CLIP image tower at its native size"}
 
 
 def fidelity(gen_files: list[Path], images, gt_rows: np.ndarray, size: int, foundation, cfg: EvaluateConfig,
@@ -193,6 +223,9 @@ def evaluate_generated(rows: list[dict], gen_dir: Path, image_set, test, generat
         **pair_similarity(gen_files, images_used[own], image_set.images, size, cfg.batch_size),
         "samples_per_eeg": samples, "test_trials": len(eeg_rows) // samples, "test_images": len(images_used),
     }
+    metrics["reconstruction"] = reconstruction_suite(
+        metrics, size, foundation, own, png_batches(gen_files, cfg.batch_size),
+        image_batches(image_set.images, images_used, size, cfg.batch_size))
     control_rows = sorted((r for r in rows if r["kind"] == "control"), key=lambda r: (r["trial"], r["sample"]))
     if control_rows:
         image_of_trial = {r["trial"]: r["image"] for r in eeg_rows}
@@ -202,6 +235,8 @@ def evaluate_generated(rows: list[dict], gen_dir: Path, image_set, test, generat
         metrics["controls"] = {"skipped": {"all": control_skipped or "no control images were generated"}}
     metrics.update(eeg_decoding(generator, test.eeg, test.label, class_prototypes(foundation, image_set, cfg.batch_size),
                                 cfg.batch_size))
+    if cfg.retrieval:
+        metrics["retrieval"] = eeg_retrieval(generator, foundation, image_set, test, cfg, seed)
     if cfg.fidelity:
         fid = fidelity(gen_files, image_set.images, images_used, size, foundation, cfg, cuda)
         metrics.update({k: fid[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std")})

@@ -59,7 +59,9 @@ class FinetuneConfig:
     val_guidance: float = param(3.0, min=1.0)
     nway: int = param(50, min=2, max=MAX_DRAWS)
     nway_draws: int = param(50, min=1, max=MAX_DRAWS, help="random distractor draws per val image in the quick n-way")
-    select_by: str = param("val_nway_top1", choices=["val_nway_top1", "val_loss"])
+    select_by: str = param("val_nway_top1", choices=["val_nway_top1", "val_retrieval_top1", "val_loss"],
+                           help="val_retrieval_top1: the val trials' CLIP-space retrieval of their image among "
+                                "the val images (zero-shot splits, THINGS-EEG2)")
     checkpoint_every: int = param(2, min=1, max=MAX_EPOCHS, run_key=False)
     keep_checkpoints: bool = param(False, help="keep the resume checkpoint after a successful run", run_key=False)
     log_every: int = param(5, min=1, max=MAX_STEPS, run_key=False)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from dreamdiffusion.core.progress import progress
+from dreamdiffusion.core.retrieval import gallery_top1
 from dreamdiffusion.core.rng import draw, draw_ints, sample_generators
 from dreamdiffusion.finetune.model import TimeConditioning
 
@@ -105,21 +106,25 @@ def finetune_one_epoch(models: Models, loader, optimizer, accelerator, config, s
 @torch.no_grad()
 def val_losses(models: Models, val_set, config, seed: int, batch_size: int) -> dict:
     """Losses on the val split without dropout or condition noise, each trial's draws fixed
-    (epoch -1), and the mean CLIP cosine."""
+    (epoch -1), the mean CLIP cosine, and the top-1 retrieval of each trial's image among the val images
+    from its CLIP-space embedding (val_retrieval_top1: zero-shot on held-out concepts)."""
     models.conditioner.eval()
     models.unet.eval()
     time_cond = TimeConditioning(models.unet)
     no_dropout = dataclasses.replace(config, cond_dropout=0.0, cond_noise=0.0)
     device = next(models.unet.parameters()).device
-    sums, cosines = {}, []
+    sums, cosines, predicted, targets = {}, [], [], []
     for batch in DataLoader(val_set, batch_size=batch_size):
         batch = [t.to(device) for t in batch]
         out = losses(models, batch, no_dropout, time_cond, seed, -1)
         sums = {k: sums.get(k, 0.0) + float(v) * len(batch[0]) for k, v in out.items()}
         clip_pred = models.conditioner(batch[1]).clip
         cosines.append(F.cosine_similarity(clip_pred.float(), batch[4].float(), dim=-1).cpu())
+        predicted.append(clip_pred.float().cpu())
+        targets.append(batch[4].float().cpu())  # (B, E): the same vector for every trial of one image
     out = {f"val_{k}": v / len(val_set) for k, v in sums.items()}
     out["val_clip_cosine"] = float(torch.cat(cosines).mean())
+    out["val_retrieval_top1"] = gallery_top1(torch.cat(predicted), torch.cat(targets))
     return out
 
 

@@ -21,7 +21,7 @@ from dreamdiffusion.foundation.load import load_foundation
 from dreamdiffusion.preprocess.processed import load_images, load_paired_eeg, read_processed
 
 LOSS_KEYS = ["train_loss", "train_diffusion_loss", "train_clip_loss", "val_loss", "val_diffusion_loss",
-             "val_clip_loss", "val_clip_cosine", "val_nway_top1"]
+             "val_clip_loss", "val_clip_cosine", "val_retrieval_top1", "val_nway_top1"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ def summary(result: FinetuneResult, data) -> dict:
         "train_loss": last["train_loss"], "val_loss": best["val_loss"],
         "val_diffusion_loss": best["val_diffusion_loss"], "val_clip_loss": best["val_clip_loss"],
         "val_clip_cosine": best["val_clip_cosine"], "val_nway_top1": best["val_nway_top1"],
+        "val_retrieval_top1": best.get("val_retrieval_top1"),
         "final_val_loss": last.get("val_loss"), "final_val_nway_top1": last.get("val_nway_top1"),
         "val_nway": result.val_nway, "val_trials": len(data.probe_rows),
         "trainable_params": int(trainable), "total_params": int(total),

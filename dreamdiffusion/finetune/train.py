@@ -116,10 +116,10 @@ def make_optimizer(models: Models, config: FinetuneConfig) -> torch.optim.Optimi
 
 
 def is_better(score: float, best: dict, select_by: str) -> bool:
-    """Higher n-way accuracy, or lower val loss, than the best so far."""
+    """Higher val n-way or retrieval accuracy, or lower val loss, than the best so far."""
     if best["score"] is None:
         return True
-    return score > best["score"] if select_by == "val_nway_top1" else score < best["score"]
+    return score < best["score"] if select_by == "val_loss" else score > best["score"]
 
 
 def validate(models: Models, data: FinetuneData, foundation, config: FinetuneConfig, seed: int, ema) -> dict:

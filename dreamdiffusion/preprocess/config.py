@@ -22,6 +22,27 @@ OFFICIAL_CHANNELS = 128
 
 
 @dataclasses.dataclass(frozen=True)
+class ThingsConfig:
+    """How THINGS-EEG2 raw data becomes trials and splits (read only when `download` wrote THINGS-EEG2)."""
+
+    protocol: str = param("intra-subject", choices=["intra-subject", "leave-one-subject-out"],
+                          help="intra-subject: train and test on preprocess.subjects; leave-one-subject-out: "
+                               "train on the others, test on test_subject")
+    test_subject: int = param(1, min=1, max=99, help="leave-one-subject-out: the subject tested (never trained on)")
+    val_concepts: int = param(100, min=1, max=10_000, help="whole training concepts held out as val "
+                              "(Gifford et al.: 100 x 10 images)")
+    val_seed: int = param(0, min=0, max=2**31 - 1, help="seeds which training concepts are val")
+    train_repetitions: str = param("single", choices=["single", "mean"],
+                                   help="single: each repetition a trial (ATM); mean: their average (NICE, UBP)")
+    test_repetitions: int = param(0, min=0, max=10_000, help="test trials average the first N "
+                                  "repetitions (val: all of its own); 0 = all (80 in the published set)")
+
+    def __post_init__(self):
+        if self.protocol not in ("intra-subject", "leave-one-subject-out"):
+            raise ConfigError(f"things.protocol must be intra-subject or leave-one-subject-out, got {self.protocol!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
     """The `preprocess` params section."""
 
@@ -53,6 +74,7 @@ class PreprocessConfig:
     model_input: str = param("any", choices=["any", "official"],
                              help="official: exactly what the official checkpoint takes (128 channels x 512: samples "
                                   "20..460 linearly interpolated, no filter, no normalisation); other data refused")
+    things: ThingsConfig = dataclasses.field(default_factory=ThingsConfig)
 
     def __post_init__(self):
         if self.model_input == "official":

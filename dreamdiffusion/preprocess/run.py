@@ -171,7 +171,10 @@ class Preprocessed:
     """What `run_preprocess` returns besides its files: the report and a few example trials."""
 
     report: dict
-    examples: list[tuple[int, np.ndarray, np.ndarray]]  # (trial, raw (128, T), processed (128, S))
+    examples: list[tuple[int, np.ndarray, np.ndarray]]  # (trial, raw (C, T), processed (C, S))
+    sample_rate: float | None = None  # Hz of the raw trials in the figure (None: preprocess.sample_rate)
+    crop: tuple[int, int] | None = None  # the window shaded in the figure (None: crop_start, crop_end)
+    channels: tuple[int, ...] = (0, 64, 127)  # channels drawn in the figure
 
 
 def corpus_settings(config: PreprocessConfig) -> CorpusSettings:
@@ -250,6 +253,11 @@ def run_preprocess(raw_dir: Path, config: PreprocessConfig, out: ProcessedPaths)
 
     manifest = RawManifest.read(raw_dir)
     manifest.verify(raw_dir)
+    if manifest.things is not None:
+        from dreamdiffusion.preprocess.things import run_things
+
+        found, examples, figure = run_things(raw_dir, manifest, config, out, corpus_settings(config))
+        return Preprocessed(found, examples, **figure)
     payload = load_eeg_file(raw_dir / manifest.eeg_file)
     splits = load_splits_file(raw_dir / manifest.splits_file)
     assignment = split_trials(payload["dataset"], splits, config, manifest.splits_file)
@@ -294,7 +302,8 @@ def run(config: PreprocessConfig, paths: PreprocessPaths) -> StageResult:
     out = paths.processed
     with atomic_path(out.images) as images, atomic_path(out.eeg) as eeg, atomic_path(out.corpus) as corpus:
         result = run_preprocess(paths.raw, config, ProcessedPaths(images=images, eeg=eeg, corpus=corpus))
-    raw_vs_processed(result.examples, config.sample_rate, (config.crop_start, config.crop_end), paths.figure)
+    raw_vs_processed(result.examples, result.sample_rate or config.sample_rate,
+                     result.crop or (config.crop_start, config.crop_end), paths.figure, result.channels)
     write_json(paths.report, result.report)
     return StageResult({k: v for k, v in result.report.items() if isinstance(v, int)},
                        [(paths.report, None), (paths.figure, None)])

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from dreamdiffusion.core.config import to_dict
 from dreamdiffusion.core.fileio import finite_metrics, sha256_file, write_json
 from dreamdiffusion.core.plots import epoch_curves, write_history_csv
@@ -36,6 +38,10 @@ def probes(model, paired_path: Path, config: PretrainConfig, seed: int) -> dict:
     """Linear probes (cls token: `probe_*`; mean of the tokens: `probe_mean_*`) of the trained
     encoder and, averaged over `probe_random_inits` of them, of random-init encoders of its config."""
     paired = read_processed(load_paired_eeg, paired_path, splits=("train", "val"))  # test rows are never read
+    val_labels, train_labels = paired.label[paired.subset("val")], paired.label[paired.subset("train")]
+    if len(val_labels) and not np.isin(val_labels, train_labels).any():
+        return {"probe_skipped": "val classes are disjoint from train classes (a zero-shot split, e.g. "
+                                 "THINGS-EEG2's held-out concepts): a class probe cannot score them"}
     trained, random_init = probe_with_random_init(model.encoder, paired, seed, config.probe_c, config.probe_random_inits,
                                                   batch_size=config.probe_batch_size)
     metrics = {}
