@@ -28,7 +28,7 @@ from dreamdiffusion.pretrain.encoder import save_encoder
 from dreamdiffusion.pretrain.model import EEGEncoder, MAEConfig
 
 TINY = FinetuneConfig(epochs=2, align_epochs=0, batch_size=4, lr=1e-3, val_every=1, val_trials=3, val_steps=2, nway=3, nway_draws=5,
-                      checkpoint_every=1, log_every=1)
+                      checkpoint_every=1, log_every=1, ema_decay=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +211,9 @@ def test_each_distinct_image_is_encoded_once(world):
         assert torch.equal(data.train[i][2], first[2]) and torch.equal(data.train[i][4], first[4])
 
 
-def test_ema_state_is_checkpointed_so_resume_follows_the_uninterrupted_run(world, tmp_path):
-    config = dataclasses.replace(TINY, epochs=3, select_by="val_loss", ema_decay=0.9)
+@pytest.mark.parametrize("changes", [dict(ema_decay=0.9), dict(lr_schedule="cosine", min_lr_ratio=0.1)])
+def test_ema_and_lr_schedule_are_checkpointed_so_resume_follows_the_uninterrupted_run(world, tmp_path, changes):
+    config = dataclasses.replace(TINY, epochs=3, select_by="val_loss", **changes)
     models, data, foundation = make_models(world, config)
     full = finetune(config, models, data, foundation, 0, tmp_path / "a", "x")
     models, data, foundation = make_models(world, config)
@@ -222,6 +223,28 @@ def test_ema_state_is_checkpointed_so_resume_follows_the_uninterrupted_run(world
     assert resumed.resumed_from == 2
     np.testing.assert_allclose([h["val_loss"] for h in resumed.history], [h["val_loss"] for h in full.history],
                                rtol=1e-5)
+
+
+def test_the_cosine_schedule_decays_every_group_to_its_floor(world):
+    config = dataclasses.replace(TINY, epochs=3, lr_schedule="cosine", min_lr_ratio=0.1)
+    models, data, foundation = make_models(world, config)
+    lrs = [h["lr"] for h in finetune(config, models, data, foundation, 0).history]
+    assert lrs[0] < config.lr and lrs == sorted(lrs, reverse=True)
+    assert lrs[-1] == pytest.approx(0.1 * config.lr)
+    constant = dataclasses.replace(config, lr_schedule="constant")
+    models, data, foundation = make_models(world, constant)
+    assert {h["lr"] for h in finetune(constant, models, data, foundation, 0).history} == {config.lr}
+
+
+def test_with_an_ema_the_kept_weights_are_the_ones_validation_scored(world):
+    from dreamdiffusion.finetune.engine import val_losses
+
+    config = dataclasses.replace(TINY, epochs=2, select_by="val_loss", ema_decay=0.5)
+    models, data, foundation = make_models(world, config)
+    result = finetune(config, models, data, foundation, 0)
+    scored = result.history[result.best_epoch - 1]["val_loss"]
+    assert val_losses(result.models, data.val, config, 0, config.val_batch_size)["val_loss"] == pytest.approx(scored,
+                                                                                                           rel=1e-6)
 
 
 KILLER = """

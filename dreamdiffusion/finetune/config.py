@@ -45,10 +45,14 @@ class FinetuneConfig:
     batch_size: int = param(32, min=1, max=MAX_BATCH)
     lr: float = param(3e-3, min=0.0)
     unet_lr: float = param(1e-4, min=0.0, help="learning rate of the UNet part (0 = lr)")
+    lr_schedule: str = param("constant", choices=["constant", "cosine"],
+                             help="cosine: half-cycle cosine over all steps from lr (and unet_lr) down to "
+                             "min_lr_ratio of it")
+    min_lr_ratio: float = param(0.0, min=0.0, max=1.0, help="cosine: the last step's share of the peak lr")
     weight_decay: float = param(0.0, min=0.0)
     clip_grad: float = param(0.5, min=0.0)
     mixed_precision: str = param("fp32", choices=PRECISIONS, help="autocast dtype; fp16 needs a GPU; auto: bf16 where native")
-    ema_decay: float = param(0.0, min=0.0, max=1.0, help="0 = no EMA")
+    ema_decay: float = param(0.995, min=0.0, max=1.0, help="EMA of the trained weights (validated and kept); 0 = none")
     encode_batch_size: int = param(64, min=1, max=MAX_BATCH,
                                    help="images per VAE/CLIP batch when encoding the images once", run_key=False)
     val_batch_size: int = param(32, min=1, max=MAX_BATCH,

@@ -77,8 +77,9 @@ def losses(models: Models, batch, config, time_cond: TimeConditioning, seed: int
 
 
 def finetune_one_epoch(models: Models, loader, optimizer, accelerator, config, seed: int, epoch: int, step: int,
-                    log: Callable[[dict, int], None] | None = None, ema=None) -> tuple[dict, int]:
-    """One pass over the train loader; returns (mean losses, next global step)."""
+                    log: Callable[[dict, int], None] | None = None, ema=None, lr_schedule=None) -> tuple[dict, int]:
+    """One pass over the train loader (stepping `lr_schedule` per step when given); returns (mean losses,
+    next global step)."""
     models.conditioner.train()
     models.unet.train()
     time_cond = TimeConditioning(accelerator.unwrap_model(models.unet))
@@ -92,6 +93,8 @@ def finetune_one_epoch(models: Models, loader, optimizer, accelerator, config, s
             accelerator.clip_grad_norm_(trainable, config.clip_grad)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if lr_schedule is not None:
+            lr_schedule.step()
         if ema is not None:
             ema.step(trainable)
         values = {k: float(accelerator.reduce(v.detach(), "mean")) for k, v in out.items()}

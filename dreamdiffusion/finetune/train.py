@@ -115,6 +115,16 @@ def make_optimizer(models: Models, config: FinetuneConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
+def make_lr_schedule(optimizer: torch.optim.Optimizer, config: FinetuneConfig, steps: int):
+    """The per-step learning-rate schedule (transformers' cosine with a floor), or None when constant."""
+    if config.lr_schedule == "constant":
+        return None
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=steps,
+                                                       min_lr_rate=config.min_lr_ratio)
+
+
 def is_better(score: float, best: dict, select_by: str) -> bool:
     """Higher val n-way or retrieval accuracy, or lower val loss, than the best so far."""
     if best["score"] is None:
@@ -122,8 +132,9 @@ def is_better(score: float, best: dict, select_by: str) -> bool:
     return score < best["score"] if select_by == "val_loss" else score > best["score"]
 
 
-def validate(models: Models, data: FinetuneData, foundation, config: FinetuneConfig, seed: int, ema) -> dict:
-    """Val losses and quick n-way (with the EMA weights when there is an EMA)."""
+def validate(models: Models, data: FinetuneData, foundation, config: FinetuneConfig, seed: int,
+             ema) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Val losses and quick n-way, and the trainable state they scored (the EMA's when there is an EMA)."""
     from dreamdiffusion.finetune.sample import make_scheduler
 
     if ema is not None:
@@ -133,9 +144,10 @@ def validate(models: Models, data: FinetuneData, foundation, config: FinetuneCon
     scheduler = make_scheduler("ddim", models.noise_scheduler.config)
     record["val_nway_top1"], record["val_nway"] = val_nway(models, data, foundation, scheduler, config, seed,
                                                            config.val_batch_size)
+    validated = trainable_state(models)  # the weights these scores belong to (the EMA's, when there is one)
     if ema is not None:
         ema.restore(models.trainable())
-    return record
+    return record, validated
 
 
 def make_accelerator(config: FinetuneConfig, compute: ComputeConfig) -> Accelerator:
@@ -173,20 +185,21 @@ def make_ema(models: Models, config: FinetuneConfig, device):
 
 
 def epoch_runner(models: Models, unwrapped, loader, optimizer, accelerator, data: FinetuneData, foundation,
-                 config: FinetuneConfig, seed: int, log, ema, history: History):
+                 config: FinetuneConfig, seed: int, log, ema, history: History, lr_schedule=None):
     """`one_epoch(epoch) -> record`: train once over the loader, validate when due (main process),
     and keep the best trainable state on val in `history.best`."""
 
     def one_epoch(epoch: int) -> dict:
         loader.set_epoch(epoch)  # the prepared loader passes it on to the sampler
         stats, _ = finetune_one_epoch(models, loader, optimizer, accelerator, config, seed, epoch, epoch * len(loader),
-                                   log, ema)
-        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
+                                      log, ema, lr_schedule)
+        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()},
+                  "lr": optimizer.param_groups[0]["lr"]}  # the conditioner's, after the epoch's last step
         if accelerator.is_main_process and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-            record.update(validate(unwrapped(), data, foundation, config, seed, ema))
+            scores, validated = validate(unwrapped(), data, foundation, config, seed, ema)
+            record.update(scores)
             if is_better(record[config.select_by], history.best, config.select_by):
-                history.best = {"epoch": epoch + 1, "score": record[config.select_by],
-                                "state": trainable_state(unwrapped())}
+                history.best = {"epoch": epoch + 1, "score": record[config.select_by], "state": validated}
         if log is not None and accelerator.is_main_process:
             log({k: v for k, v in record.items() if k != "epoch"}, epoch + 1)
         return record
@@ -206,12 +219,13 @@ def finetune(config: FinetuneConfig, models: Models, data: FinetuneData, foundat
     unwrapped = lambda: dataclasses.replace(  # noqa: E731
         models, conditioner=accelerator.unwrap_model(models.conditioner), unet=accelerator.unwrap_model(models.unet))
     ema, history = make_ema(models, config, accelerator.device), History()
+    lr_schedule = make_lr_schedule(optimizer, config, config.epochs * len(loader))
     history.best["state"] = trainable_state(unwrapped())
-    accelerator.register_for_checkpointing(history, *([ema] if ema is not None else []))
+    accelerator.register_for_checkpointing(history, *(extra for extra in (ema, lr_schedule) if extra is not None))
     resume = Path(resume_root) / resume_name(config, seed, inputs_id, accelerator.num_processes) if resume_root else None
     checkpoints = Checkpoints(accelerator, resume)
     one_epoch = epoch_runner(models, unwrapped, loader, optimizer, accelerator, data, foundation, config, seed, log,
-                             ema, history)
+                             ema, history, lr_schedule)
     resumed = run_epochs(checkpoints, history, config.epochs, one_epoch, config.checkpoint_every, seed, stop_after)
     models = unwrapped()
     load_trainable_state(models, history.best["state"])
