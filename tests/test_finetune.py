@@ -247,6 +247,20 @@ def test_with_an_ema_the_kept_weights_are_the_ones_validation_scored(world):
                                                                                                            rel=1e-6)
 
 
+def test_validation_copies_the_weights_only_when_they_beat_the_best(world):
+    from dreamdiffusion.finetune.train import make_ema, trainable_state, validate
+
+    config = dataclasses.replace(TINY, select_by="val_loss", ema_decay=0.5)
+    models, data, foundation = make_models(world, config)
+    ema = make_ema(models, config, "cpu")
+    before = trainable_state(models)
+    record, kept = validate(models, data, foundation, config, 0, ema, {"score": 0.0})  # a loss of 0: unbeatable
+    assert kept is None and record["val_loss"] > 0
+    record, kept = validate(models, data, foundation, config, 0, ema, {"score": None})
+    assert kept is not None and set(kept) == set(before)
+    assert all(torch.equal(value, before[name]) for name, value in trainable_state(models).items())  # EMA restored
+
+
 KILLER = """
 import json, os, signal, sys
 from pathlib import Path

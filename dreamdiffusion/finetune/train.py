@@ -133,8 +133,9 @@ def is_better(score: float, best: dict, select_by: str) -> bool:
 
 
 def validate(models: Models, data: FinetuneData, foundation, config: FinetuneConfig, seed: int,
-             ema) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Val losses and quick n-way, and the trainable state they scored (the EMA's when there is an EMA)."""
+             ema, best: dict) -> tuple[dict, dict[str, torch.Tensor] | None]:
+    """Val losses and quick n-way, and the trainable state they scored (the EMA's when there is an EMA)
+    when it beats `best` on `select_by`, else None (no copy of weights that will not be kept)."""
     from dreamdiffusion.finetune.sample import make_scheduler
 
     if ema is not None:
@@ -144,7 +145,8 @@ def validate(models: Models, data: FinetuneData, foundation, config: FinetuneCon
     scheduler = make_scheduler("ddim", models.noise_scheduler.config)
     record["val_nway_top1"], record["val_nway"] = val_nway(models, data, foundation, scheduler, config, seed,
                                                            config.val_batch_size)
-    validated = trainable_state(models)  # the weights these scores belong to (the EMA's, when there is one)
+    better = is_better(record[config.select_by], best, config.select_by)
+    validated = trainable_state(models) if better else None  # the scored weights (the EMA's, when there is one)
     if ema is not None:
         ema.restore(models.trainable())
     return record, validated
@@ -196,9 +198,9 @@ def epoch_runner(models: Models, unwrapped, loader, optimizer, accelerator, data
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()},
                   "lr": optimizer.param_groups[0]["lr"]}  # the conditioner's, after the epoch's last step
         if accelerator.is_main_process and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-            scores, validated = validate(unwrapped(), data, foundation, config, seed, ema)
+            scores, validated = validate(unwrapped(), data, foundation, config, seed, ema, history.best)
             record.update(scores)
-            if is_better(record[config.select_by], history.best, config.select_by):
+            if validated is not None:
                 history.best = {"epoch": epoch + 1, "score": record[config.select_by], "state": validated}
         if log is not None and accelerator.is_main_process:
             log({k: v for k, v in record.items() if k != "epoch"}, epoch + 1)
