@@ -19,6 +19,7 @@ LATER = {stage: set(STAGES[i:]) for i, stage in enumerate(STAGES)}
 EXPECTED = {
     "dreamdiffusion/evaluate/fidelity.py": {"evaluate"},
     "dreamdiffusion/evaluate/metrics.py": {"evaluate"},
+    "dreamdiffusion/evaluate/extractors.py": {"evaluate"},
     "dreamdiffusion/generate/figures.py": {"generate"},
     "dreamdiffusion/generate/index.py": {"generate", "evaluate"},
     "dreamdiffusion/finetune/engine.py": {"finetune"},

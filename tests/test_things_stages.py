@@ -66,9 +66,11 @@ def test_evaluate_reports_retrieval_with_chance_and_the_shuffled_control(repo):
     headline = json.loads((repo / "metrics/eval.json").read_text())
     assert headline["retrieval"]["top1"] == found["top1"] and "eeg_top1" not in headline  # no train image: skipped
     suite = details(repo, "eval")["reconstruction"]
-    for name in ("pixcorr", "ssim", "clip_2way", "judge_2way"):
+    for name in ("pixcorr", "ssim", "clip_2way", "judge_2way", "pixcorr_425", "ssim_425"):
         assert 0 <= abs(suite[name]["value"]) <= 1 and suite[name]["extractor"] and suite[name]["resize"], name
-    assert "alexnet2_2way" in suite["not_computed"]
+    assert set(suite["not_computed"]) == {"alexnet2_2way", "alexnet5_2way", "inception_2way", "effnet_b_distance",
+                                          "swav_distance"}  # no weight files: each named with the param to set
+    assert "evaluate.suite_weights.swav_resnet50.path is null" in suite["not_computed"]["swav_distance"]
 
 
 def tree_digest(folder: Path) -> dict:

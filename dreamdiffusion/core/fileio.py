@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import torch
 
 MANIFEST = "manifest.json"
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout this package belongs to
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write failed for lack of room, not of a file
 # a name read from data (class id, image name, manifest entry) that becomes one path component
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
@@ -243,6 +244,18 @@ def path_inside(folder: str | Path, *names: str, what: str, suffix: str = "") ->
     if os.path.commonpath(inside) != inside[1] or inside[0] == inside[1]:
         raise DataError(f"{what}: {'/'.join(names)!r} leads outside {folder}")
     return path
+
+
+def repository_file(path: str, what: str, root: str | Path | None = None) -> Path:
+    """The regular file `path` names (relative to the repository `root`, or absolute), symbolic links followed;
+    a DataError naming `what` when it leads outside the repository (a params value is untrusted) or is missing."""
+    root = Path(root or REPO_ROOT).resolve()
+    target = (root / Path(path).expanduser()).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise DataError(f"{what}: {path!r} leads outside the repository {root} (to {target}): keep the file inside it")
+    if not target.is_file():
+        raise DataError(f"{what}: {target} is not a file")
+    return target
 
 
 def _listed_file(folder: Path, name: str, manifest_path: Path) -> Path:

@@ -1,9 +1,35 @@
-"""The `evaluate` params section: metrics, n-way draws, fidelity settings."""
+"""The `evaluate` params section: metrics, n-way draws, fidelity settings, the reconstruction suite's weights."""
 from __future__ import annotations
 
 import dataclasses
 
-from dreamdiffusion.core.config import MAX_BATCH, MAX_DRAWS, param
+from dreamdiffusion.core.config import MAX_BATCH, MAX_DRAWS, ConfigError, param
+
+SHA256_HEX = r"[0-9a-f]{64}"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightFile:
+    """One local weight file of a reconstruction-suite extractor (path null: that extractor is not computed)."""
+
+    path: str | None = param(None, help="a file inside the repository (absolute or relative to its root): a torch "
+                             "state dict (read weights-only) or safetensors")
+    sha256: str | None = param(None, pattern=SHA256_HEX, help="the file's sha256, 64 lowercase hex digits, checked "
+                               "before the file is loaded (sha256sum <file>)")
+
+    def __post_init__(self):
+        if self.path is not None and self.sha256 is None:
+            raise ConfigError("sha256: required with a path (the file is checked against it before it is loaded)")
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteWeights:
+    """The ImageNet extractors of the MindEye reconstruction suite, each from a local file (evaluate/extractors.py)."""
+
+    alexnet: WeightFile = dataclasses.field(default_factory=WeightFile)  # torchvision alexnet (IMAGENET1K_V1)
+    inception_v3: WeightFile = dataclasses.field(default_factory=WeightFile)  # torchvision inception_v3 (IMAGENET1K_V1)
+    efficientnet_b1: WeightFile = dataclasses.field(default_factory=WeightFile)  # torchvision efficientnet_b1 (DEFAULT)
+    swav_resnet50: WeightFile = dataclasses.field(default_factory=WeightFile)  # facebookresearch/swav resnet50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,3 +50,11 @@ class EvaluateConfig:
     retrieval_shuffles: int = param(20, min=1, max=MAX_DRAWS, help="draws of the shuffled-EEG control")
     fidelity_batch_size: int = param(64, min=1, max=MAX_BATCH,
                                      help="images per feature-extractor batch in FID / IS / KID")
+    suite_mindeye_pixels: bool = param(True, help="PixCorr and SSIM also as MindEye/ATM compute them (256 x 256, "
+                                       "then 425 x 425, bilinear), beside the numbers at the generated size")
+    suite_antialias: bool = param(True, help="antialiased bilinear resizes in the suite: torchvision >= 0.17's "
+                                  "default, that of ATM's environment (0.20); false: MindEye's (torchvision 0.14 did "
+                                  "not antialias tensors)")
+    suite_weights: SuiteWeights = dataclasses.field(default_factory=SuiteWeights)
+    suite_batch_size: int = param(32, min=1, max=MAX_BATCH,
+                                  help="images per ImageNet-extractor batch of the reconstruction suite")

@@ -1,7 +1,7 @@
 """Pairwise comparisons of generated images with their ground truths.
 
-2-way identification (MindEye style, chance 0.5), CLIP cosine similarity of matched pairs, SSIM and
-pixel correlation. Every function returns one score per pair (N,) as a float64 numpy array.
+2-way identification (MindEye style, chance 0.5), CLIP cosine similarity and correlation distance of matched
+pairs, SSIM and pixel correlation. Every function returns one score per pair (N,) as a float64 numpy array.
 """
 from __future__ import annotations
 
@@ -65,6 +65,16 @@ def clip_similarity(gen_embeds, gt_embeds) -> np.ndarray:
     gen, gt = _as_tensor(gen_embeds, "gen_embeds", (2,)), _as_tensor(gt_embeds, "gt_embeds", (2,))
     _check_pairs(gen, gt)
     return F.cosine_similarity(gen, gt, dim=1).numpy()
+
+
+def correlation_distance(gen_feats, gt_feats) -> np.ndarray:
+    """1 - Pearson r (N,) of matched (generated i, ground truth i) feature pairs (N, D): scipy's correlation
+    distance, MindEye's EfficientNet-B1 and SwAV score (0 for identical features)."""
+    gen, gt = _as_tensor(gen_feats, "gen_feats", (2,)), _as_tensor(gt_feats, "gt_feats", (2,))
+    _check_pairs(gen, gt)
+    gen, gt = gen - gen.mean(1, keepdim=True), gt - gt.mean(1, keepdim=True)
+    norms = (gen.norm(dim=1) * gt.norm(dim=1)).clamp_min(torch.finfo(torch.float64).tiny)  # scale-free; 0 if constant
+    return (1 - (gen * gt).sum(1) / norms).numpy()
 
 
 def _images(x, name: str, gray: bool) -> torch.Tensor:

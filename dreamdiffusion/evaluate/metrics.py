@@ -18,7 +18,7 @@ from dreamdiffusion.core.fileio import DataError
 from dreamdiffusion.core.nway import effective_n_way, nway_topk, summarize_over_samples, true_classes_from
 from dreamdiffusion.evaluate.config import EvaluateConfig
 from dreamdiffusion.evaluate.fidelity import fidelity_metrics
-from dreamdiffusion.evaluate.reconstruction import reconstruction_suite
+from dreamdiffusion.evaluate.reconstruction import reconstruction_suite, suite_setup
 from dreamdiffusion.evaluate.identification import clip_similarity, pixcorr, ssim, two_way_identification
 from dreamdiffusion.evaluate.retrieval import per_group, retrieval_metrics
 
@@ -200,6 +200,7 @@ def evaluate_generated(rows: list[dict], gen_dir: Path, image_set, test, generat
                        cfg: EvaluateConfig, seed: int, control_skipped: str | None = None,
                        cuda: bool = False) -> tuple[dict, dict]:
     """Every metric -> (metrics for eval.json, extras for figures); images are read a batch at a time."""
+    suite = suite_setup(cfg, next(foundation.clip.parameters()).device)  # the suite's weight files, checked first
     eeg_rows = sorted((r for r in rows if r["kind"] == "eeg"), key=lambda r: (r["trial"], r["sample"]))
     samples = max(r["sample"] for r in eeg_rows) + 1
     images_used = np.array(sorted({r["image"] for r in rows}))
@@ -225,7 +226,7 @@ def evaluate_generated(rows: list[dict], gen_dir: Path, image_set, test, generat
     }
     metrics["reconstruction"] = reconstruction_suite(
         metrics, size, foundation, own, png_batches(gen_files, cfg.batch_size),
-        image_batches(image_set.images, images_used, size, cfg.batch_size))
+        image_batches(image_set.images, images_used, size, cfg.batch_size), suite)
     control_rows = sorted((r for r in rows if r["kind"] == "control"), key=lambda r: (r["trial"], r["sample"]))
     if control_rows:
         image_of_trial = {r["trial"]: r["image"] for r in eeg_rows}
