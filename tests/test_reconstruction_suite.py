@@ -69,7 +69,7 @@ def configured(root: Path, **changes) -> EvaluateConfig:
     weights = SuiteWeights(alexnet=weight(root, "alexnet.pth"), inception_v3=weight(root, "inception.pth"),
                            efficientnet_b1=weight(root, "effnet.safetensors"),
                            swav_resnet50=weight(root, "swav_800ep_pretrain.pth.tar"))
-    return EvaluateConfig(suite_weights=weights, suite_batch_size=4, **changes)
+    return EvaluateConfig(suite_weights=weights, suite_batch_size=4, suite_mindeye_pixels=True, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_two_way_on_unrelated_features_sits_near_chance_and_distance_is_scipys()
 
 
 def test_without_weight_files_the_extractors_are_listed_as_not_computed():
-    setup = suite_setup(EvaluateConfig(suite_mindeye_pixels=False), "cpu")
+    setup = suite_setup(EvaluateConfig(), "cpu")
     assert setup.extractors == [] and set(setup.not_computed) == {*EXTRACTOR_ENTRIES, "pixcorr_425", "ssim_425"}
     assert "evaluate.suite_weights.alexnet.path is null" in setup.not_computed["alexnet2_2way"]
     assert "suite_mindeye_pixels is false" in setup.not_computed["ssim_425"]
@@ -185,7 +185,7 @@ def test_without_weight_files_the_extractors_are_listed_as_not_computed():
 
 @pytest.mark.parametrize("antialias", [True, False])
 def test_mindeye_pixels_resize_to_256_then_425_with_the_configured_antialiasing(antialias):
-    setup = suite_setup(EvaluateConfig(suite_antialias=antialias), "cpu")
+    setup = suite_setup(EvaluateConfig(suite_antialias=antialias, suite_mindeye_pixels=True), "cpu")
     images = truths(3, size=300)  # larger than 256: the first resize downsamples, where antialiasing matters
     shown = np.array([1, 2, 0])
     suite = reconstruction_suite({"pixcorr": 0.0, "ssim": 0.0, "clip_2way": 0.5}, 300, FOUNDATION, np.arange(3),

@@ -50,7 +50,7 @@ class EvaluateConfig:
     retrieval_shuffles: int = param(20, min=1, max=MAX_DRAWS, help="draws of the shuffled-EEG control")
     fidelity_batch_size: int = param(64, min=1, max=MAX_BATCH,
                                      help="images per feature-extractor batch in FID / IS / KID")
-    suite_mindeye_pixels: bool = param(True, help="PixCorr and SSIM also as MindEye/ATM compute them (256 x 256, "
+    suite_mindeye_pixels: bool = param(False, help="PixCorr and SSIM also as MindEye/ATM compute them (256 x 256, "
                                        "then 425 x 425, bilinear), beside the numbers at the generated size")
     suite_antialias: bool = param(True, help="antialiased bilinear resizes in the suite: torchvision >= 0.17's "
                                   "default, that of ATM's environment (0.20); false: MindEye's (torchvision 0.14 did "

@@ -57,7 +57,7 @@ class FinetuneConfig:
                                    help="images per VAE/CLIP batch when encoding the images once", run_key=False)
     val_batch_size: int = param(32, min=1, max=MAX_BATCH,
                                 help="trials per batch in validation (losses, generation, judge)", run_key=False)
-    val_every: int = param(13, min=1, max=MAX_EPOCHS)
+    val_every: int = param(26, min=1, max=MAX_EPOCHS)
     val_trials: int = param(60, min=1, max=MAX_DRAWS, help="val trials generated for the quick n-way accuracy")
     val_steps: int = param(10, min=1, max=MAX_SAMPLING_STEPS)
     val_guidance: float = param(3.0, min=1.0)
