@@ -93,12 +93,14 @@ def read_state(path: Path, architecture: str) -> dict[str, torch.Tensor]:
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
-def mismatch(model: nn.Module, state: dict[str, torch.Tensor], spec: ExtractorSpec) -> list[str]:
-    """What keeps `state` from being `model`'s weights: missing, foreign and wrongly shaped tensors (empty: none)."""
+def mismatch(model: nn.Module, state: dict[str, torch.Tensor], may_lack: tuple[str, ...] = (),
+             may_add: tuple[str, ...] = ()) -> list[str]:
+    """What keeps `state` from being `model`'s weights: missing, foreign and wrongly shaped tensors (empty: none),
+    the state-dict prefixes `may_lack` and `may_add` aside."""
     expected = model.state_dict()
     unused = tuple(f".{name}" for name in UNUSED_IN_EVAL)
-    missing = [k for k in expected if k not in state and not (k.startswith(spec.may_lack) or k.endswith(unused))]
-    foreign = [k for k in state if k not in expected and not k.startswith(spec.may_add)]
+    missing = [k for k in expected if k not in state and not (k.startswith(may_lack) or k.endswith(unused))]
+    foreign = [k for k in state if k not in expected and not k.startswith(may_add)]
     shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
               for k in expected if k in state and state[k].shape != expected[k].shape]
     problems = [(missing, "missing"), (foreign, "unexpected"), (shapes, "wrong shape")]
@@ -140,12 +142,13 @@ def mindeye_resize(images: torch.Tensor, size: int, antialias: bool = True) -> t
     return resize(images, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=antialias)
 
 
-def checked_file(path: str, sha256: str, key: str, root: Path) -> Path:
-    """The configured weight file, inside the repository and of the configured sha256 (checked before any read)."""
-    target = repository_file(path, f"evaluate.suite_weights.{key}.path", root)
+def checked_file(path: str, sha256: str, path_key: str, sha256_key: str, root: Path) -> Path:
+    """The configured weight file, inside the repository and of the configured sha256 (checked before any read);
+    errors name the params `path_key` and `sha256_key`."""
+    target = repository_file(path, path_key, root)
     if (got := sha256_file(target)) != sha256:
-        raise DataError(f"{target}: sha256 {got} differs from evaluate.suite_weights.{key}.sha256 {sha256}: not the "
-                        f"file configured (refused unread); fix the file or the sha256")
+        raise DataError(f"{target}: sha256 {got} differs from {sha256_key} {sha256}: not the file configured "
+                        f"(refused unread); fix the file or the sha256")
     return target
 
 
@@ -154,11 +157,12 @@ def load_extractor(name: str, path: str, sha256: str, device, root: str | Path |
     from torchvision.models.feature_extraction import create_feature_extractor
 
     spec, root = SPECS[name], Path(root or REPO_ROOT).resolve()
-    target = checked_file(path, sha256, name, root)
+    key = f"evaluate.suite_weights.{name}"
+    target = checked_file(path, sha256, f"{key}.path", f"{key}.sha256", root)
     state = read_state(target, spec.architecture)
     network = build_network(name, state)
-    if problems := mismatch(network, state, spec):
-        raise DataError(f"{target}: not the {spec.architecture} weights that evaluate.suite_weights.{name} expects: "
+    if problems := mismatch(network, state, spec.may_lack, spec.may_add):
+        raise DataError(f"{target}: not the {spec.architecture} weights that {key} expects: "
                         f"{'; '.join(problems)}")
     network.load_state_dict({k: v for k, v in state.items() if k in network.state_dict()}, strict=False)
     with warnings.catch_warnings():  # inception: its eval-mode graph is a part of the train-mode one (no aux head)

@@ -20,7 +20,10 @@ from dreamdiffusion.evaluate.config import EvaluateConfig
 from dreamdiffusion.evaluate.fidelity import fidelity_metrics
 from dreamdiffusion.evaluate.reconstruction import reconstruction_suite, suite_setup
 from dreamdiffusion.evaluate.identification import clip_similarity, pixcorr, ssim, two_way_identification
+from dreamdiffusion.evaluate.readout import ReadoutSplit, readout_retrieval, ridge_stats
 from dreamdiffusion.evaluate.retrieval import per_group, retrieval_metrics
+from dreamdiffusion.evaluate.retrieval_clip import retrieval_clip_setup
+from dreamdiffusion.preprocess.processed import take
 
 
 def load_pngs(paths: list[Path]) -> torch.Tensor:
@@ -45,7 +48,7 @@ def judge_probs(foundation, images: torch.Tensor, batch: int) -> np.ndarray:
 
 @torch.no_grad()
 def clip_image_embeds(foundation, images: torch.Tensor, batch: int) -> torch.Tensor:
-    """Unit-norm CLIP image embeddings (N, E)."""
+    """Unit-norm CLIP image embeddings (N, E) of `foundation`'s CLIP (or any holder of `clip`, `clip_transform`)."""
     device = next(foundation.clip.parameters()).device
     out = [foundation.clip.encode_image(foundation.clip_transform(images[i : i + batch].to(device))).float().cpu()
            for i in range(0, len(images), batch)]
@@ -105,11 +108,22 @@ def nway_block(gen_probs, true_classes, cfg: EvaluateConfig, seed: int, samples:
     return out
 
 
+def gallery_embeds(clip_holder, image_set, rows: np.ndarray, batch: int) -> torch.Tensor:
+    """Unit-norm CLIP image embeddings (G, E) of image rows `rows`, read and resized to the CLIP's size per batch."""
+    return torch.cat([clip_image_embeds(clip_holder, images, batch) for images in
+                      image_batches(image_set.images, rows, clip_holder.image_size, batch)])
+
+
 @torch.no_grad()
-def eeg_embeds(generator, test_eeg, batch: int) -> torch.Tensor:
-    """The conditioner's CLIP-space embedding of every test trial (N, E), the EEG read a batch at a time."""
-    return torch.cat([generator.clip_embeds(torch.from_numpy(np.asarray(test_eeg[i : i + batch], dtype=np.float32)))
-                      for i in range(0, len(test_eeg), batch)])
+def eeg_feature_batches(generator, eeg, batch: int):
+    """The conditioner's CLIP-space embedding (B, E) of the trials of `eeg`, the EEG read a batch at a time."""
+    for start in range(0, len(eeg), batch):
+        yield generator.clip_embeds(torch.from_numpy(np.asarray(eeg[start : start + batch], dtype=np.float32)))
+
+
+def eeg_embeds(generator, eeg, batch: int) -> torch.Tensor:
+    """The conditioner's CLIP-space embedding of every trial of `eeg` (N, E)."""
+    return torch.cat(list(eeg_feature_batches(generator, eeg, batch)))
 
 
 @torch.no_grad()
@@ -127,30 +141,84 @@ def eeg_decoding(generator, test_eeg, labels: np.ndarray, prototypes: torch.Tens
 def class_prototypes(foundation, image_set, batch: int) -> torch.Tensor:
     """Mean CLIP image embedding of each class's TRAIN images (C, E), unit norm (images streamed)."""
     rows = image_set.subset("train")
-    size = foundation.image_size
-    embeds = torch.cat([clip_image_embeds(foundation, images, batch)
-                        for images in image_batches(image_set.images, rows, size, batch)])
+    embeds = gallery_embeds(foundation, image_set, rows, batch)
     labels = torch.from_numpy(image_set.labels[rows])
     protos = torch.stack([embeds[labels == c].mean(0) for c in range(len(image_set.class_names))])  # NaN: no image
     return F.normalize(protos, dim=-1)
+
+
+def gallery_positions(rows: np.ndarray, image_index: np.ndarray, split: str) -> np.ndarray:
+    """(Q,) position in `rows` (the sorted image rows of `split`) of each trial's image `image_index` (Q,)."""
+    own = np.minimum(np.searchsorted(rows, image_index), max(len(rows) - 1, 0))
+    if not len(rows) or not np.array_equal(rows[own], image_index):
+        raise DataError(f"eeg.h5: {split} trials show images {sorted(set(image_index) - set(rows))[:5]} that "
+                        f"images.h5 does not mark as {split}; rerun the `preprocess` stage")
+    return own
 
 
 def eeg_retrieval(generator, foundation, image_set, test, cfg: EvaluateConfig, seed: int) -> dict:
     """Zero-shot retrieval of the test images from the test EEG (evaluate/retrieval.py): the gallery is every
     test image's CLIP embedding (at the foundation's size), the queries the conditioner's CLIP head outputs."""
     rows = image_set.subset("test")
-    gallery = torch.cat([clip_image_embeds(foundation, images, cfg.batch_size) for images in
-                         image_batches(image_set.images, rows, foundation.image_size, cfg.batch_size)])
-    own = np.minimum(np.searchsorted(rows, test.image_index), len(rows) - 1)  # (Q,) gallery position of its image
-    if not np.array_equal(rows[own], test.image_index):
-        raise DataError(f"eeg.h5: test trials show images {sorted(set(test.image_index) - set(rows))[:5]} that "
-                        "images.h5 does not mark as test; rerun the `preprocess` stage")
+    gallery = gallery_embeds(foundation, image_set, rows, cfg.batch_size)
+    own = gallery_positions(rows, test.image_index, "test")  # (Q,) gallery position of its image
     queries = eeg_embeds(generator, test.eeg, cfg.batch_size)
     found = retrieval_metrics(queries, own, gallery, list(cfg.retrieval_ways), cfg.retrieval_draws,
                               cfg.retrieval_shuffles, seed)
     return {**found, "per_subject": per_group(queries, own, gallery, test.subject),
             "embedding": "conditioner CLIP head (EEG -> CLIP image space), cosine",
             "gallery_images": "every test image, foundation CLIP image tower at its native size"}
+
+
+def readout_split(generator, clip, image_set, eeg, split: str, batch: int) -> ReadoutSplit:
+    """A val or test split for the read-out: its trials' EEG features, their images' rows in its gallery, the
+    gallery (the split's images in the space of `clip`)."""
+    rows, trials = image_set.subset(split), eeg.subset(split)
+    if not len(trials):
+        raise DataError(f"eeg.h5: no {split} trials; evaluate.retrieval_clip fits on train, chooses alpha on val "
+                        "and scores test")
+    own = gallery_positions(rows, eeg.image_index[trials], split)
+    return ReadoutSplit(eeg_embeds(generator, take(eeg.eeg, trials), batch), own,
+                        gallery_embeds(clip, image_set, rows, batch), eeg.subject[trials])
+
+
+def train_batches(generator, clip, image_set, eeg, batch: int):
+    """(eeg_features (B, E), clip_targets (B, D)) of the train trials a batch at a time: each trial's target is
+    its image's embedding in the space of `clip`."""
+    rows, trials = image_set.subset("train"), eeg.subset("train")
+    own = gallery_positions(rows, eeg.image_index[trials], "train")
+    gallery = gallery_embeds(clip, image_set, rows, batch)  # (G, D)
+    starts = range(0, len(trials), batch)
+    for start, features in zip(starts, eeg_feature_batches(generator, take(eeg.eeg, trials), batch)):
+        yield features, gallery[own[start : start + batch]]
+
+
+def clip_retrieval(generator, clip, image_set, fit_eeg, test, cfg: EvaluateConfig, seed: int) -> dict:
+    """Zero-shot retrieval in the space of `evaluate.retrieval_clip` (evaluate/readout.py): a ridge map from the
+    conditioner's CLIP-head output fit on the train trials of `fit_eeg`, alpha chosen on its val trials; then,
+    and only then, the test trials scored against the test images."""
+    batch = cfg.batch_size
+    stats = ridge_stats(train_batches(generator, clip, image_set, fit_eeg, batch))
+    val = readout_split(generator, clip, image_set, fit_eeg, "val", batch)
+    found = readout_retrieval(stats, val, lambda: readout_split(generator, clip, image_set, test, "test", batch),
+                              list(cfg.retrieval_clip.ridge_alphas), list(cfg.retrieval_ways), cfg.retrieval_draws,
+                              cfg.retrieval_shuffles, seed)
+    return {**found, "clip": {**clip.report, "embed_dim": int(val.clip_image_embeds.shape[1])},
+            "embedding": "ridge map of the conditioner CLIP head's output (generator.clip_embeds, the EEG in the "
+                         "foundation CLIP's space) into this CLIP's image space, cosine",
+            "gallery_images": "every test image, this CLIP's image tower at its image size"}
+
+
+def retrievals(generator, foundation, retrieval_clip, image_set, test, fit_eeg, cfg: EvaluateConfig,
+               seed: int) -> dict:
+    """`retrieval` in the foundation CLIP's space, and `retrieval_clip` in that of `evaluate.retrieval_clip` when
+    it names one (`retrieval_clip` loaded; `fit_eeg`: the train and val trials)."""
+    out = {"retrieval": eeg_retrieval(generator, foundation, image_set, test, cfg, seed)} if cfg.retrieval else {}
+    if retrieval_clip is not None:
+        if fit_eeg is None:
+            raise ValueError("evaluate.retrieval_clip's read-out needs the train and val trials (fit_eeg)")
+        out["retrieval_clip"] = clip_retrieval(generator, retrieval_clip, image_set, fit_eeg, test, cfg, seed)
+    return out
 
 
 def fidelity(gen_files: list[Path], images, gt_rows: np.ndarray, size: int, foundation, cfg: EvaluateConfig,
@@ -198,9 +266,10 @@ def control_metrics(control_rows: list[dict], gen_dir: Path, where: dict, image_
 
 def evaluate_generated(rows: list[dict], gen_dir: Path, image_set, test, generator, foundation,
                        cfg: EvaluateConfig, seed: int, control_skipped: str | None = None,
-                       cuda: bool = False) -> tuple[dict, dict]:
-    """Every metric -> (metrics for eval.json, extras for figures); images are read a batch at a time."""
-    suite = suite_setup(cfg, next(foundation.clip.parameters()).device)  # the suite's weight files, checked first
+                       cuda: bool = False, fit_eeg=None) -> tuple[dict, dict]:
+    """Every metric -> (metrics for eval.json, extras for figures); images read a batch at a time (`retrievals`)."""
+    device = next(foundation.clip.parameters()).device  # weight files checked first: the suite's, retrieval CLIP's
+    suite, retrieval_clip = suite_setup(cfg, device), retrieval_clip_setup(cfg, device)
     eeg_rows = sorted((r for r in rows if r["kind"] == "eeg"), key=lambda r: (r["trial"], r["sample"]))
     samples = max(r["sample"] for r in eeg_rows) + 1
     images_used = np.array(sorted({r["image"] for r in rows}))
@@ -236,8 +305,7 @@ def evaluate_generated(rows: list[dict], gen_dir: Path, image_set, test, generat
         metrics["controls"] = {"skipped": {"all": control_skipped or "no control images were generated"}}
     metrics.update(eeg_decoding(generator, test.eeg, test.label, class_prototypes(foundation, image_set, cfg.batch_size),
                                 cfg.batch_size))
-    if cfg.retrieval:
-        metrics["retrieval"] = eeg_retrieval(generator, foundation, image_set, test, cfg, seed)
+    metrics.update(retrievals(generator, foundation, retrieval_clip, image_set, test, fit_eeg, cfg, seed))
     if cfg.fidelity:
         fid = fidelity(gen_files, image_set.images, images_used, size, foundation, cfg, cuda)
         metrics.update({k: fid[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std")})

@@ -22,7 +22,7 @@ class EvaluatePaths:
 
     foundation: Path  # the foundation folder (judge, CLIP, FID extractor)
     finetune: Path  # the fine-tuned model folder (its conditioner decodes the EEG alone)
-    eeg: Path  # eeg.h5 (its test rows are read)
+    eeg: Path  # eeg.h5 (its test rows; train and val too for the retrieval in evaluate.retrieval_clip's space)
     images: Path  # images.h5 (ground truth)
     generated: Path  # the generated set (index.csv, PNGs, generate.json)
     metrics: Path  # json
@@ -46,12 +46,14 @@ def run(config: EvaluateConfig, paths: EvaluatePaths, seed: int, compute) -> Sta
     device = resolve_device(compute)
     generator = load_generator(paths.finetune, paths.foundation, str(device), parts=("clip", "judge"))
     test = read_processed(load_paired_eeg, paths.eeg, splits=("test",))
+    readout = config.retrieval and config.retrieval_clip.source == "open_clip"  # fit on train, alpha on val
+    fit_eeg = read_processed(load_paired_eeg, paths.eeg, splits=("train", "val")) if readout else None
     image_set = read_processed(load_images, paths.images)
     info = paths.generated / "generate.json"
     skipped = json.loads(info.read_text()).get("control_skipped") if info.is_file() else None
     metrics, extras = evaluate_generated(read_index(paths.generated / "index.csv"), paths.generated, image_set, test,
                                          generator, generator.foundation, config, seed, skipped,
-                                         cuda=device.type == "cuda")
+                                         cuda=device.type == "cuda", fit_eeg=fit_eeg)
     write_json(paths.metrics, finite_metrics(metrics))
     per_class_csv(extras["labels"], extras["hits"], test.class_names, paths.per_class)
     judge_names = generator.foundation.judge_config.get("class_names") or []  # none: the judge's class indices
