@@ -20,6 +20,7 @@ from PIL import Image
 from dreamdiffusion.tools.presets import load_preset, merge
 from pipeline import make_repo_copy, run
 from realschema import make_payload, wnids, write_eeg_file, write_jpeg, write_splits_file
+from realscale_setup import realscale_overrides, require_free_disk
 from realshape import real_shape_sources  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.realscale
@@ -48,27 +49,14 @@ def eeg_imagenet_single(root: Path) -> dict:
 def realscale_params(sources: dict, data: dict) -> dict:
     """params.yaml: the real preset, then the local copies and the CPU-time reductions."""
     params = merge(yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text()), load_preset("real"))
-    overrides = {
-        "compute": {"device": "cpu"},
-        "download": data,
-        "preprocess": {"image_size": PIXELS, "figure_trials": 1},
-        "foundation": {"pretrained": {"stable_diffusion": str(sources["stable_diffusion"]),
-                                      "clip_pretrained": str(sources["clip"]), "judge_weights": str(sources["judge"]),
-                                      "judge_image_size": 224, "inception_weights": str(sources["inception"])},
-                       "sample": {"per_class": 1, "grid_per_class": 1, "inference_steps": 2, "batch_size": 2}},
-        "pretrain": {"epochs": 1, "batch_size": 2, "mixed_precision": "fp32", "checkpoint_every": 1,
-                     "probe_batch_size": 4},
-        "finetune": {"epochs": 1, "align_epochs": 0, "batch_size": 2, "mixed_precision": "fp32", "val_every": 1, "val_trials": 2,
-                     "val_steps": 2, "encode_batch_size": 4, "val_batch_size": 2, "checkpoint_every": 1},
-        "generate": {"samples_per_eeg": 2, "steps": 2, "batch_size": 4, "decode_batch_size": 2, "mixed_precision": "fp32"},
-        "evaluate": {"nway_draws": 5, "batch_size": 4, "kid_subset_size": 2, "fidelity_batch_size": 4},
-    }
-    return merge(params, overrides)
+    return merge(merge(params, realscale_overrides(sources)),
+                 {"download": data, "preprocess": {"image_size": PIXELS, "figure_trials": 1}})
 
 
 @pytest.fixture(scope="module")
 def repo(real_shape_sources, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("realscale")
+    require_free_disk(root, 26, "the real-scale pipeline's models, their DVC cache and an official-format checkpoint")
     data = eeg_imagenet_single(root / "eeg_imagenet")
     repo = make_repo_copy(root / "repo")
     (repo / "params.yaml").write_text(yaml.safe_dump(realscale_params(real_shape_sources, data), sort_keys=False))
