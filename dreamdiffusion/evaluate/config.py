@@ -92,3 +92,8 @@ class EvaluateConfig:
     suite_weights: SuiteWeights = dataclasses.field(default_factory=SuiteWeights)
     suite_batch_size: int = param(32, min=1, max=MAX_BATCH,
                                   help="images per ImageNet-extractor batch of the reconstruction suite")
+
+    @property
+    def retrieval_in_other_clip(self) -> bool:
+        """Whether evaluate also retrieves in `retrieval_clip`'s space (its read-out fits on train, alpha on val)."""
+        return self.retrieval and self.retrieval_clip.source == "open_clip"

@@ -110,6 +110,6 @@ def load_retrieval_clip(cfg, device, root: str | Path | None = None) -> Retrieva
 
 def retrieval_clip_setup(cfg, device, root: str | Path | None = None) -> RetrievalCLIPModel | None:
     """The retrieval CLIP when the params ask for one (retrieval on, source open_clip), loaded before any scoring."""
-    if not cfg.retrieval or cfg.retrieval_clip.source != "open_clip":
+    if not cfg.retrieval_in_other_clip:
         return None
     return load_retrieval_clip(cfg.retrieval_clip, device, root)

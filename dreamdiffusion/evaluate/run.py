@@ -46,8 +46,8 @@ def run(config: EvaluateConfig, paths: EvaluatePaths, seed: int, compute) -> Sta
     device = resolve_device(compute)
     generator = load_generator(paths.finetune, paths.foundation, str(device), parts=("clip", "judge"))
     test = read_processed(load_paired_eeg, paths.eeg, splits=("test",))
-    readout = config.retrieval and config.retrieval_clip.source == "open_clip"  # fit on train, alpha on val
-    fit_eeg = read_processed(load_paired_eeg, paths.eeg, splits=("train", "val")) if readout else None
+    fit_eeg = (read_processed(load_paired_eeg, paths.eeg, splits=("train", "val"))
+               if config.retrieval_in_other_clip else None)
     image_set = read_processed(load_images, paths.images)
     info = paths.generated / "generate.json"
     skipped = json.loads(info.read_text()).get("control_skipped") if info.is_file() else None
