@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dreamdiffusion.core.config import ConfigError
+from dreamdiffusion.core.config import ConfigError, parse_config
+from dreamdiffusion.finetune.config import FinetuneConfig
 from dreamdiffusion.tools.presets import available, leaves, load_preset, merge, validate
 from dreamdiffusion.tools.presets.__main__ import exp_run_command, main
 
@@ -39,6 +40,24 @@ def test_paper_preset_is_the_papers_recipe():
         "pndm", 250, 1.0, 5)
     assert paper["pretrain"]["model"]["mask_ratio"] == 0.75 and paper["preprocess"]["subjects"] == [4]
     assert paper["pretrain"]["model"]["width"] == PARAMS["pretrain"]["model"]["width"]  # the recipe, not the scale
+
+
+@pytest.mark.parametrize("name", [None, "things"])
+def test_fine_tuning_keeps_only_a_conditioner_the_unet_trained_with(name):
+    """Selection on val never sees an alignment-only epoch (the UNet not yet trained with the conditioner):
+    with 10 val concepts the things twin once kept epoch 13 of 26 and generated images at chance."""
+    params = PARAMS if name is None else merge(PARAMS, load_preset(name))
+    config = parse_config(FinetuneConfig, params["finetune"], "finetune")
+    validated = [epoch for epoch in range(1, config.epochs + 1) if config.validates(epoch)]
+    assert validated and min(validated) > config.align_epochs, validated
+    if name == "things":
+        assert len(validated) >= 2  # a choice on val, not just the last epoch
+
+
+def test_validated_epochs_follow_val_every():
+    config = FinetuneConfig(epochs=26, align_epochs=24, val_every=13)
+    assert [e for e in range(1, 27) if config.validates(e)] == [13, 26]
+    assert [e for e in range(1, 27) if FinetuneConfig(epochs=26, val_every=25).validates(e)] == [25, 26]
 
 
 def test_paper_after_real_is_the_papers_experiment():

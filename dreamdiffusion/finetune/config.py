@@ -34,7 +34,7 @@ class FinetuneConfig:
     cond_dropout: float = param(0.1, min=0.0, max=1.0)
     cond_noise: float = param(0.1, min=0.0, help="std of Gaussian noise added to the condition in training")
     clip_weight: float = param(1.0, min=0.0)
-    caption_weight: float = param(1.0, min=0.0, help="pull the condition towards the class caption's text states")
+    caption_weight: float = param(3.0, min=0.0, help="pull the condition towards the class caption's text states")
     train_fraction: float = param(1.0, min=0.0, max=1.0,
                                   help="label budget: the share of each class's TRAIN trials fine-tuned on, a subset "
                                   "fixed by the seed (finetune/budget.py); val and test are never subsampled")
@@ -44,7 +44,7 @@ class FinetuneConfig:
                               "losses alone, without the UNet (cheap); the rest add the diffusion loss")
     batch_size: int = param(32, min=1, max=MAX_BATCH)
     lr: float = param(3e-3, min=0.0)
-    unet_lr: float = param(1e-4, min=0.0, help="learning rate of the UNet part (0 = lr)")
+    unet_lr: float = param(3e-4, min=0.0, help="learning rate of the UNet part (0 = lr)")
     lr_schedule: str = param("constant", choices=["constant", "cosine"],
                              help="cosine: half-cycle cosine over all steps from lr (and unet_lr) down to "
                              "min_lr_ratio of it")
@@ -73,6 +73,10 @@ class FinetuneConfig:
                                 help="val grid rows: the first val trial of each of the first N classes (0 = every class)")
     figure_tile_px: int = param(96, min=64, max=512, run_key=False,
                                 help="px of each image in the val grid (nearest-neighbour upscaling)")
+
+    def validates(self, epoch: int) -> bool:
+        """Whether the end of `epoch` (1-based) is validated: every `val_every` epochs, and the last."""
+        return epoch % self.val_every == 0 or epoch == self.epochs
 
     def __post_init__(self):
         if self.source == "official" and not (self.official_checkpoint and self.official_sha256):

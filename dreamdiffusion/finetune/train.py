@@ -197,7 +197,7 @@ def epoch_runner(models: Models, unwrapped, loader, optimizer, accelerator, data
                                       log, ema, lr_schedule)
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()},
                   "lr": optimizer.param_groups[0]["lr"]}  # the conditioner's, after the epoch's last step
-        if accelerator.is_main_process and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+        if accelerator.is_main_process and config.validates(epoch + 1):
             scores, validated = validate(unwrapped(), data, foundation, config, seed, ema, history.best)
             record.update(scores)
             if validated is not None:
