@@ -129,9 +129,17 @@ def test_alignment_epochs_train_the_conditioner_alone_then_the_unet_joins(world)
     assert float(aligned["loss"]) == pytest.approx(float(aligned["clip_loss"]) + 0.5 * float(aligned["caption_loss"]))
     assert float(aligned["clip_loss"]) == pytest.approx(float(joint["clip_loss"]), rel=1e-5)  # same condition
     unet_before, cond_before = snapshot(models.unet), snapshot(models.conditioner)
-    one = finetune(dataclasses.replace(config, epochs=2), models, data, foundation, 0, stop_after=1)
-    assert all(torch.equal(p, unet_before[n]) for n, p in one.models.unet.named_parameters())  # no UNet pass
-    assert any(not torch.equal(p, cond_before[n]) for n, p in one.models.conditioner.named_parameters())
+    trained = {}
+
+    def log(metrics, step):  # the epoch record is logged after the epoch: its weights as trained
+        if "train_loss" in metrics:
+            trained.update(unet=snapshot(models.unet), conditioner=snapshot(models.conditioner))
+
+    one = finetune(dataclasses.replace(config, epochs=2), models, data, foundation, 0, log=log, stop_after=1)
+    assert all(torch.equal(p, unet_before[n]) for n, p in trained["unet"].items())  # no UNet pass
+    assert any(not torch.equal(p, cond_before[n]) for n, p in trained["conditioner"].items())
+    # an alignment-only epoch is never kept: stopped after it, the kept weights are still the initial ones
+    assert all(torch.equal(p, cond_before[n]) for n, p in one.models.conditioner.named_parameters())
     with pytest.raises(ConfigError, match="align_epochs 2 must be below finetune.epochs 2"):
         parse_config(FinetuneConfig, {"epochs": 2, "align_epochs": 2}, "finetune")
     with pytest.raises(ConfigError, match="align_epochs 1 with clip_weight and caption_weight both 0"):
@@ -160,6 +168,19 @@ def test_kept_model_is_the_best_val_epoch_and_resume_continues(world, tmp_path):
     resumed = finetune(config, models, data, foundation, 0, tmp_path / "b", "x")
     assert resumed.resumed_from == 1
     np.testing.assert_allclose([h["val_loss"] for h in resumed.history], scores, rtol=1e-4)
+
+
+def test_an_alignment_only_epoch_is_validated_but_never_kept(world, monkeypatch):
+    """Selection keeps only an epoch the UNet trained with: here every candidate would win against an
+    empty best, so without the rule the first validated epoch (alignment-only) would be kept."""
+    import dreamdiffusion.finetune.train as train
+
+    monkeypatch.setattr(train, "is_better", lambda score, best, select_by: best["score"] is None)
+    config = dataclasses.replace(TINY, epochs=3, align_epochs=2, caption_weight=0.5, select_by="val_loss")
+    models, data, foundation = make_models(world, config)
+    result = finetune(config, models, data, foundation, 0)
+    assert [h["epoch"] for h in result.history if "val_loss" in h] == [1, 2, 3]  # the curves keep every epoch
+    assert result.best_epoch == 3
 
 
 def test_save_and_load_generator_reproduces_images(world, tmp_path):

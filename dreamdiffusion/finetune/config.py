@@ -78,6 +78,10 @@ class FinetuneConfig:
         """Whether the end of `epoch` (1-based) is validated: every `val_every` epochs, and the last."""
         return epoch % self.val_every == 0 or epoch == self.epochs
 
+    def keeps(self, epoch: int) -> bool:
+        """Whether a validated `epoch` may be kept: only one the UNet trained with (after the alignment-only ones)."""
+        return epoch > self.align_epochs
+
     def __post_init__(self):
         if self.source == "official" and not (self.official_checkpoint and self.official_sha256):
             raise ConfigError("finetune.source official needs finetune.official_checkpoint (a path) and "

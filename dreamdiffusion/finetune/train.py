@@ -133,9 +133,10 @@ def is_better(score: float, best: dict, select_by: str) -> bool:
 
 
 def validate(models: Models, data: FinetuneData, foundation, config: FinetuneConfig, seed: int,
-             ema, best: dict) -> tuple[dict, dict[str, torch.Tensor] | None]:
+             ema, best: dict, keep: bool = True) -> tuple[dict, dict[str, torch.Tensor] | None]:
     """Val losses and quick n-way, and the trainable state they scored (the EMA's when there is an EMA)
-    when it beats `best` on `select_by`, else None (no copy of weights that will not be kept)."""
+    when it may be kept (`keep`) and beats `best` on `select_by`, else None (no copy of weights that will not
+    be kept)."""
     from dreamdiffusion.finetune.sample import make_scheduler
 
     if ema is not None:
@@ -145,7 +146,7 @@ def validate(models: Models, data: FinetuneData, foundation, config: FinetuneCon
     scheduler = make_scheduler("ddim", models.noise_scheduler.config)
     record["val_nway_top1"], record["val_nway"] = val_nway(models, data, foundation, scheduler, config, seed,
                                                            config.val_batch_size)
-    better = is_better(record[config.select_by], best, config.select_by)
+    better = keep and is_better(record[config.select_by], best, config.select_by)
     validated = trainable_state(models) if better else None  # the scored weights (the EMA's, when there is one)
     if ema is not None:
         ema.restore(models.trainable())
@@ -198,7 +199,8 @@ def epoch_runner(models: Models, unwrapped, loader, optimizer, accelerator, data
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()},
                   "lr": optimizer.param_groups[0]["lr"]}  # the conditioner's, after the epoch's last step
         if accelerator.is_main_process and config.validates(epoch + 1):
-            scores, validated = validate(unwrapped(), data, foundation, config, seed, ema, history.best)
+            scores, validated = validate(unwrapped(), data, foundation, config, seed, ema, history.best,
+                                         config.keeps(epoch + 1))
             record.update(scores)
             if validated is not None:
                 history.best = {"epoch": epoch + 1, "score": record[config.select_by], "state": validated}
@@ -212,7 +214,8 @@ def epoch_runner(models: Models, unwrapped, loader, optimizer, accelerator, data
 def finetune(config: FinetuneConfig, models: Models, data: FinetuneData, foundation, seed: int,
              resume_root: Path | None = None, inputs_id: str = "", log: Callable[[dict, int], None] | None = None,
              stop_after: int | None = None, compute: ComputeConfig | None = None) -> FinetuneResult:
-    """Train, validate every `val_every` epochs (main process), keep the best on val; resumable from `resume_root`."""
+    """Train, validate every `val_every` epochs (main process), keep the best on val among the epochs after
+    `align_epochs` (the UNet trained with them); resumable from `resume_root`."""
     start_time, compute = time.perf_counter(), compute or ComputeConfig()
     accelerator = make_accelerator(config, compute)
     apply_threads(compute)
