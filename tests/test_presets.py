@@ -50,6 +50,17 @@ def test_things_preset_chooses_on_val_among_joint_epochs():
     assert len(candidates) >= 2, candidates
 
 
+@pytest.mark.parametrize("preset", [None, "things"])
+def test_validation_samples_as_generate_does(preset):
+    """The kept model is chosen on images sampled as `generate` samples them (DDIM, its steps and guidance), in the
+    default world and in the twin's preset (which keeps the DDIM 10 its figures were measured with)."""
+    params = merge(PARAMS, load_preset(preset)) if preset else PARAMS
+    finetune, generate = params["finetune"], params["generate"]
+    assert generate["scheduler"] == "ddim"  # validation samples with DDIM
+    assert (finetune["val_steps"], finetune["val_guidance"]) == (generate["steps"], generate["guidance"])
+    assert generate["steps"] == (10 if preset == "things" else 6)
+
+
 def test_validated_epochs_follow_val_every():
     config = FinetuneConfig(epochs=26, align_epochs=24, val_every=13)
     assert [e for e in range(1, 27) if config.validates(e)] == [13, 26]

@@ -38,7 +38,7 @@ class FinetuneConfig:
     train_fraction: float = param(1.0, min=0.0, max=1.0,
                                   help="label budget: the share of each class's TRAIN trials fine-tuned on, a subset "
                                   "fixed by the seed (finetune/budget.py); val and test are never subsampled")
-    epochs: int = param(26, min=1, max=MAX_EPOCHS)
+    epochs: int = param(25, min=1, max=MAX_EPOCHS)
     align_epochs: int = param(24, min=0, max=MAX_EPOCHS,
                               help="the first epochs train the conditioner on the CLIP (and caption) "
                               "losses alone, without the UNet (cheap); the rest add the diffusion loss")
@@ -57,9 +57,9 @@ class FinetuneConfig:
                                    help="images per VAE/CLIP batch when encoding the images once", run_key=False)
     val_batch_size: int = param(32, min=1, max=MAX_BATCH,
                                 help="trials per batch in validation (losses, generation, judge)", run_key=False)
-    val_every: int = param(26, min=1, max=MAX_EPOCHS)
+    val_every: int = param(25, min=1, max=MAX_EPOCHS)
     val_trials: int = param(60, min=1, max=MAX_DRAWS, help="val trials generated for the quick n-way accuracy")
-    val_steps: int = param(10, min=1, max=MAX_SAMPLING_STEPS)
+    val_steps: int = param(6, min=1, max=MAX_SAMPLING_STEPS)
     val_guidance: float = param(3.0, min=1.0)
     nway: int = param(50, min=2, max=MAX_DRAWS)
     nway_draws: int = param(50, min=1, max=MAX_DRAWS, help="random distractor draws per val image in the quick n-way")

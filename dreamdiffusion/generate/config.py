@@ -15,7 +15,7 @@ class GenerateConfig:
                                "checkpoint (its official.json) instead of the values below")
     samples_per_eeg: int = param(2, min=1, max=100, help="images per test trial (paper: 5)")
     scheduler: str = param("ddim", choices=["ddim", "pndm", "dpmsolver++"], help="pndm = the paper's PLMS")
-    steps: int = param(10, min=1, max=MAX_SAMPLING_STEPS, help="sampling steps (paper: 250 PLMS)")
+    steps: int = param(6, min=1, max=MAX_SAMPLING_STEPS, help="sampling steps (paper: 250 PLMS)")
     guidance: float = param(3.0, min=1.0, help="classifier-free guidance scale (1 = none, as the paper)")
     batch_size: int = param(64, min=1, max=MAX_BATCH, help="images per sampling batch (UNet)")
     decode_batch_size: int = param(16, min=1, max=MAX_BATCH,

@@ -15,7 +15,7 @@ class PretrainConfig:
     preset: str = param("custom", choices=["custom", "paper"],
                         help="custom: `model` as written; paper: the paper's s.3.1 shape (mlp_ratio stays as set)")
     model: MAEConfig = param(MAEConfig(), help="shape of the masked autoencoder")
-    epochs: int = param(20, min=1, max=MAX_EPOCHS)
+    epochs: int = param(8, min=1, max=MAX_EPOCHS)
     batch_size: int = param(32, min=1, max=MAX_BATCH, help="windows per step per process (paper: 100)")
     lr: float = param(2e-3, min=0.0, help="peak learning rate (paper: 2.5e-4)")
     min_lr: float = param(0.0, min=0.0, help="learning rate at the end of the cosine")

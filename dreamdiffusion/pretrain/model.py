@@ -31,7 +31,7 @@ class MAEConfig:
     samples: int = param(512, min=1, max=16_384, help="time steps per window")
     patch: int = param(4, min=1, max=16_384, help="time steps per token (paper: 4)")
     width: int = param(64, min=1, max=MAX_WIDTH, help="encoder width D (paper: 1024)")
-    depth: int = param(4, min=1, max=MAX_LAYERS, help="encoder blocks (paper: 24)")
+    depth: int = param(2, min=1, max=MAX_LAYERS, help="encoder blocks (paper: 24)")
     heads: int = param(4, min=1, max=MAX_LAYERS, help="encoder attention heads (paper: 16)")
     mlp_ratio: float = param(1.0, min=0.01, max=64.0, help="MLP hidden / width: official code 1.0, paper ~4")
     decoder_width: int = param(32, min=1, max=MAX_WIDTH, help="decoder width (paper: 512)")
