@@ -91,6 +91,18 @@ def test_one_image_regenerates_alone_from_its_seed(repo):
     assert np.abs(image.astype(int) - saved.astype(int)).max() <= 1
 
 
+def test_val_steps_benchmark_scores_the_trained_model_per_step_count(repo):
+    """benchmarks/val_steps.py on the finished tiny run: one row per step count, as validation samples."""
+    done = run(repo, "python", "benchmarks/val_steps.py", "--steps", "2", "1")
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip()[:1].isdigit() and "val" not in line]
+    assert [int(row[0]) for row in rows] == [2, 1], done.stdout
+    for steps, nway, stderr, fid, inception, seconds in (map(float, row) for row in rows):
+        assert 0 <= nway <= 1 and stderr >= 0 and math.isfinite(fid) and fid >= 0 and inception >= 1 and seconds >= 0
+    trials = int(done.stdout.split(" val trials")[0].split()[-1])
+    val = torch.load(repo / "data/raw/block_splits_by_image_all.pth", weights_only=True)["splits"][0]["val"]
+    assert 0 < trials <= len(val)  # every val trial the preprocess kept, and no other split's
+
+
 def test_two_executions_give_two_mlflow_parents_with_their_own_children(repo):
     """`dvc repro`, then `dvc exp run -S` of a param only `evaluate` reads: two parent runs, the first with
     every stage as children and the headline metrics, the second named after the experiment with one child."""

@@ -22,10 +22,11 @@ TINY = SyntheticConfig(classes=3, shapes=3, images_per_class=4, extra_images_per
                        corpus_sample_rates=[128.0, 250.0, 1000.0])
 
 
-def make_world(tmp_path: Path, config: SyntheticConfig = TINY, seed: int = 0, name: str = "raw") -> Path:
+def make_world(tmp_path: Path, config: SyntheticConfig = TINY, seed: int = 0, name: str = "raw",
+               workers: int = 1) -> Path:
     out = tmp_path / name
     out.mkdir()
-    manifest = generate_world(config, seed, out)
+    manifest = generate_world(config, seed, out, workers)
     assert (manifest.source, manifest.eeg_file, manifest.splits_file) == ("synthetic", EEG_FILE, SPLITS_FILE)
     assert (manifest.images_dir, manifest.captions_file, manifest.corpus_dir) == \
         ("images", "captions.json", "corpus")
@@ -124,6 +125,16 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     for rel_a, rel_c in ((EEG_FILE, EEG_FILE), (first_image(a), first_image(c)), (fif, fif)):
         assert (a / rel_a).read_bytes() != (c / rel_c).read_bytes(), rel_a
+
+
+def test_worker_processes_write_the_same_bytes(tmp_path):
+    """Images, subjects and recordings over 2 forked workers (one BLAS thread each) = the loop in one process."""
+    alone, pooled = make_world(tmp_path, TINY, 5, "alone"), make_world(tmp_path, TINY, 5, "pooled", workers=2)
+    files = sorted(p.relative_to(alone) for p in alone.rglob("*") if p.is_file())
+    assert len(files) == 3 * (4 + 5) + 3 + 3  # images, EEG + splits + captions, recordings
+    assert files == sorted(p.relative_to(pooled) for p in pooled.rglob("*") if p.is_file())
+    for rel in files:
+        assert (alone / rel).read_bytes() == (pooled / rel).read_bytes(), rel
 
 
 def first_image(world: Path) -> str:

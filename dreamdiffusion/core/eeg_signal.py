@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.signal
 
 
 def crop(eeg: np.ndarray, start: int, end: int) -> np.ndarray:
@@ -25,6 +24,8 @@ def resample_linear(eeg: np.ndarray, samples: int) -> np.ndarray:
 
 def resample_fourier(eeg: np.ndarray, samples: int) -> np.ndarray:
     """Band-limited (FFT) resampling to `samples` points."""
+    import scipy.signal  # here: importing it costs every stage a second
+
     return scipy.signal.resample(eeg, samples, axis=-1)
 
 

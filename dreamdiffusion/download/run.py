@@ -136,7 +136,10 @@ def from_synthetic(config: DownloadConfig, seed: int, out_dir: Path) -> RawManif
     from dreamdiffusion.download.eeg_imagenet import check_eeg_imagenet
     from dreamdiffusion.download.synthetic import generate_world
 
-    manifest = generate_world(config.synthetic, seed, out_dir)
+    import torch
+
+    workers = min(torch.get_num_threads(), 8)  # torch's count of this machine's cores; the bytes do not depend on it
+    manifest = generate_world(config.synthetic, seed, out_dir, workers)
     check_eeg_imagenet(out_dir / manifest.eeg_file, out_dir / manifest.splits_file,
                        out_dir / manifest.images_dir, "all")
     return manifest

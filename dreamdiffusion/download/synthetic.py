@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import torch
 
 from dreamdiffusion.core.config import ConfigError, param
 from dreamdiffusion.core.eeg_signal import resample_linear
-from dreamdiffusion.core.progress import progress
+from dreamdiffusion.core.parallel import sequential_map, task_map
 from dreamdiffusion.download import synthetic_eeg as sim
 from dreamdiffusion.download.synthetic_eeg import stream
 from dreamdiffusion.download.raw import CAPTIONS_FILE, CORPUS_DIR, IMAGES_DIR, RawManifest, image_path
@@ -112,24 +112,27 @@ def stimulus_names(seed: int, wnid: str, k: int, n: int) -> list[str]:
     return [f"{wnid}_{int(x)}" for x in np.sort(numbers)]
 
 
-def write_images(config: SyntheticConfig, seed: int, images_dir: Path, wnids: list[str],
-                 names: list[list[str]]) -> np.ndarray:
-    """Render and save stimulus and extra images; return the stimulus shapes' x positions."""
-    concepts = class_concepts(config.classes, config.shapes)
+def write_class_images(task: tuple) -> list[float]:
+    """Render and save one class's stimulus or extra images; return their shapes' x positions."""
+    config, seed, images_dir, kind, k, wnid, names = task
+    concept, rng = class_concepts(config.classes, config.shapes)[k], stream(seed, f"{kind}-images", k)
     x_positions = []
-    total = config.classes * (config.images_per_class + config.extra_images_per_class)
-    with progress(total=total, desc="synthetic images", unit="img") as bar:
-        for k, (wnid, concept) in enumerate(zip(wnids, concepts)):
+    for name in names:
+        pixels, place = render_image(concept, config.image_size, rng)
+        save_jpeg(pixels, image_path(images_dir, wnid, name), config.jpeg_quality)
+        x_positions.append(place.x)
+    return x_positions
+
+
+def write_images(config: SyntheticConfig, seed: int, images_dir: Path, wnids: list[str],
+                 names: list[list[str]], run: Callable = sequential_map) -> np.ndarray:
+    """Render and save stimulus and extra images, class by class (`run`: a `parallel.task_map`);
+    return the stimulus shapes' x positions."""
+    work = [(config, seed, images_dir, kind, k, wnid, class_names) for k, wnid in enumerate(wnids)
             for kind, class_names in (("stimulus", names[k]), ("extra", [
-                    f"{wnid}_x{j + 1}" for j in range(config.extra_images_per_class)])):
-                rng = stream(seed, f"{kind}-images", k)
-                for name in class_names:
-                    pixels, place = render_image(concept, config.image_size, rng)
-                    save_jpeg(pixels, image_path(images_dir, wnid, name), config.jpeg_quality)
-                    if kind == "stimulus":
-                        x_positions.append(place.x)
-                    bar.update()
-    return np.array(x_positions)
+                f"{wnid}_x{j + 1}" for j in range(config.extra_images_per_class)]))]
+    positions = run(write_class_images, work, desc="synthetic images", unit="class")
+    return np.array([x for task, xs in zip(work, positions) if task[3] == "stimulus" for x in xs])
 
 
 def trial_lengths(rng: np.random.Generator, n: int, config: SyntheticConfig) -> np.ndarray:
@@ -154,8 +157,9 @@ def session_order(rng: np.random.Generator, n_classes: int, per_class: int) -> t
     return np.concatenate(images), np.concatenate(blocks), np.concatenate(progress)
 
 
-def simulate_session(config: SyntheticConfig, seed: int, world: dict, number: int) -> list[dict]:
-    """All trials of subject `number` (from 1), in session order, z-scored per channel."""
+def simulate_session(task: tuple) -> list[dict]:
+    """All trials of subject `number` (from 1), in session order, z-scored per channel ('eeg': numpy)."""
+    config, seed, world, number = task
     rng, blocks_rng = stream(seed, sim.SUBJECT_STREAM, number), stream(seed, "eeg-blocks", number)
     subject = sim.make_subject(rng, world["positions"])
     images, blocks, progress = session_order(rng, config.classes, config.images_per_class)
@@ -177,21 +181,24 @@ def simulate_session(config: SyntheticConfig, seed: int, world: dict, number: in
     for x in trials:
         x *= scale
         x -= shift
-    return [{"eeg": torch.from_numpy(x), "image": int(image), "label": int(label), "subject": number}
+    return [{"eeg": x, "image": int(image), "label": int(label), "subject": number}
             for x, image, label in zip(trials, images, labels)]
 
 
-def simulate_paired_eeg(config: SyntheticConfig, seed: int, x_positions: np.ndarray) -> list[dict]:
-    """The `dataset` list: one dict per trial, subject by subject, in session order."""
+def simulate_paired_eeg(config: SyntheticConfig, seed: int, x_positions: np.ndarray,
+                        run: Callable = sequential_map) -> list[dict]:
+    """The `dataset` list: one dict per trial, subject by subject (over `run`), in session order."""
     positions = sim.channel_positions()
     templates = sim.class_templates(stream(seed, sim.CLASS_STREAM), config.classes)
     world = {"positions": positions, "templates": templates,
              "effects": sim.image_effects(stream(seed, "eeg-images"), x_positions, config.image_effect),
              "scale": config.snr / sim.evoked_rms(templates, positions)}
-    dataset = []
-    for number in progress(range(1, config.subjects + 1), desc="synthetic EEG", unit="subject"):
-        dataset += simulate_session(config, seed, world, number)
-    return dataset
+    import torch  # here, not above: the worker processes need no torch
+
+    sessions = run(simulate_session, [(config, seed, world, number) for number in range(1, config.subjects + 1)],
+                   desc="synthetic EEG", unit="subject")
+    return [{"eeg": torch.from_numpy(trial["eeg"]), "image": trial["image"], "label": trial["label"],
+             "subject": trial["subject"]} for session in sessions for trial in session]  # keys: one str each (same bytes)
 
 
 def split_by_image(config: SyntheticConfig, seed: int, dataset: list[dict], n_images: int) -> dict:
@@ -210,42 +217,50 @@ def split_by_image(config: SyntheticConfig, seed: int, dataset: list[dict], n_im
     return {"splits": splits}
 
 
-def write_corpus(config: SyntheticConfig, seed: int, corpus_dir: Path) -> list[dict]:
-    """Unlabeled recordings as mne Raw FIF files (volts); returns what each one holds."""
+def write_recording(task: tuple) -> dict:
+    """Write unlabeled recording `r` as an mne Raw FIF file (volts); return what it holds."""
     import mne
 
+    config, seed, corpus_dir, r = task
+    rng = stream(seed, "corpus", r)
+    n_channels = int(rng.choice(config.corpus_channels))
+    sfreq = float(rng.choice(config.corpus_sample_rates))
+    n_times = int(rng.uniform(config.corpus_min_seconds, config.corpus_max_seconds) * sfreq)
+    names, positions = sim.corpus_montage(rng, n_channels)
+    volts = sim.recording(rng, positions, sfreq, n_times, config.line_freq) * rng.uniform(5e-6, 2e-5)
+    info = mne.create_info(names, sfreq, ch_types="eeg", verbose=False)
+    raw = mne.io.RawArray(volts.astype(np.float64), info, verbose=False)
+    raw.save(corpus_dir / f"rec{r:03d}_raw.fif", fmt="single", verbose=False)
+    return {"recording": f"rec{r:03d}", "channels": n_channels, "sfreq": sfreq, "samples": n_times}
+
+
+def write_corpus(config: SyntheticConfig, seed: int, corpus_dir: Path, run: Callable = sequential_map) -> list[dict]:
+    """Unlabeled recordings (over `run`); returns what each one holds."""
     corpus_dir.mkdir(parents=True, exist_ok=True)
-    summary = []
-    for r in progress(range(config.corpus_recordings), desc="synthetic corpus", unit="rec"):
-        rng = stream(seed, "corpus", r)
-        n_channels = int(rng.choice(config.corpus_channels))
-        sfreq = float(rng.choice(config.corpus_sample_rates))
-        n_times = int(rng.uniform(config.corpus_min_seconds, config.corpus_max_seconds) * sfreq)
-        names, positions = sim.corpus_montage(rng, n_channels)
-        volts = sim.recording(rng, positions, sfreq, n_times, config.line_freq) * rng.uniform(5e-6, 2e-5)
-        info = mne.create_info(names, sfreq, ch_types="eeg", verbose=False)
-        raw = mne.io.RawArray(volts.astype(np.float64), info, verbose=False)
-        raw.save(corpus_dir / f"rec{r:03d}_raw.fif", fmt="single", verbose=False)
-        summary.append({"recording": f"rec{r:03d}", "channels": n_channels, "sfreq": sfreq,
-                        "samples": n_times})
-    return summary
+    return run(write_recording, [(config, seed, corpus_dir, r) for r in range(config.corpus_recordings)],
+               desc="synthetic corpus", unit="rec")
 
 
-def generate_world(config: SyntheticConfig, seed: int, out_dir: Path) -> RawManifest:
-    """Write the whole synthetic raw-data folder into the existing empty `out_dir`."""
+def generate_world(config: SyntheticConfig, seed: int, out_dir: Path, workers: int = 1) -> RawManifest:
+    """Write the whole synthetic raw-data folder into the existing empty `out_dir`, over `workers`
+    processes (the same bytes for any number)."""
+
     out_dir = Path(out_dir)
     if not out_dir.is_dir() or any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: expected an existing empty folder")
     wnids = class_ids(config.classes)
     names = [stimulus_names(seed, wnid, k, config.images_per_class) for k, wnid in enumerate(wnids)]
-    x_positions = write_images(config, seed, out_dir / IMAGES_DIR, wnids, names)
+    with task_map(workers, preload=(__name__, "mne")) as run:
+        x_positions = write_images(config, seed, out_dir / IMAGES_DIR, wnids, names, run)
+        dataset = simulate_paired_eeg(config, seed, x_positions, run)
+        write_corpus(config, seed, out_dir / CORPUS_DIR / CORPUS_SOURCE, run)
     captions = {wnid: c.caption for wnid, c in zip(wnids, class_concepts(config.classes, config.shapes))}
     (out_dir / CAPTIONS_FILE).write_text(json.dumps(captions, indent=2) + "\n")
-    dataset = simulate_paired_eeg(config, seed, x_positions)
     images = [name for class_names in names for name in class_names]
+    import torch
+
     torch.save({"dataset": dataset, "labels": wnids, "images": images}, out_dir / EEG_FILE)
     torch.save(split_by_image(config, seed, dataset, len(images)), out_dir / SPLITS_FILE)
-    write_corpus(config, seed, out_dir / CORPUS_DIR / CORPUS_SOURCE)
     if config.physiology_blocks:
         write_physiology_corpus(config, seed, out_dir / CORPUS_DIR / PHYSIOLOGY_SOURCE)
     return RawManifest(source="synthetic", eeg_file=EEG_FILE, splits_file=SPLITS_FILE,

@@ -101,7 +101,7 @@ class SampleConfig:
     """How the demo is measured: caption-to-image generation."""
 
     guidance_scale: float = param(3.0, min=1.0)
-    inference_steps: int = param(10, min=1, max=MAX_SAMPLING_STEPS)
+    inference_steps: int = param(6, min=1, max=MAX_SAMPLING_STEPS, help="DDIM steps")
     per_class: int = param(10, min=1, max=10_000, help="images generated per class caption")
     grid_per_class: int = param(4, min=1, max=100, help="images per class in the PNG grids")
     batch_size: int = param(100, min=1, max=MAX_BATCH,
