@@ -1,6 +1,6 @@
 """How much a stage slows down when another process keeps every core busy.
 
-    python benchmarks/contention.py                          # stage foundation, then pretrain (4 epochs)
+    python benchmarks/contention.py                          # stages download, foundation, pretrain (4 epochs)
     python benchmarks/contention.py --stages pretrain --set pretrain.epochs=2
 
 Sets up a fresh copy of the repository (default params plus --set), runs the pipeline up to the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-UPSTREAM = {"foundation": "preprocess", "pretrain": "preprocess", "finetune": "pretrain", "generate": "finetune"}
+UPSTREAM = {"download": None, "foundation": "preprocess", "pretrain": "preprocess", "finetune": "pretrain", "generate": "finetune"}
 
 
 def timed_stage(repo: Path, stage: str, busy: int) -> float:
@@ -45,7 +45,8 @@ def main() -> int:
     from pipeline import make_repo_copy, run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stages", nargs="+", default=["foundation", "pretrain"], choices=sorted(UPSTREAM))
+    parser.add_argument("--stages", nargs="+", default=["download", "foundation", "pretrain"],
+                        choices=sorted(UPSTREAM))
     parser.add_argument("--set", nargs="*", default=["pretrain.epochs=4", "finetune.epochs=3",
                                                      "finetune.align_epochs=2"], help="params overrides key=value")
     parser.add_argument("--busy", type=int, default=os.cpu_count(), help="CPU-bound processes beside the stage")
@@ -54,7 +55,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repo = make_repo_copy(Path(tmp), parse_sets(args.set))
         for stage in args.stages:
-            run(repo, "dvc", "repro", UPSTREAM[stage])
+            if UPSTREAM[stage]:
+                run(repo, "dvc", "repro", UPSTREAM[stage])
             alone, shared = timed_stage(repo, stage, 0), timed_stage(repo, stage, args.busy)
             worst = max(worst, shared / alone)
             print(f"{stage}: alone {alone:.1f} s, beside {args.busy} busy processes {shared:.1f} s: "
