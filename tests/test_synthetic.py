@@ -128,7 +128,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 
 def test_worker_processes_write_the_same_bytes(tmp_path):
-    """Images, subjects and recordings over 2 forked workers (one BLAS thread each) = the loop in one process."""
+    """Images, subjects and recordings over 2 worker processes (one BLAS thread each) = the loop in one process."""
     alone, pooled = make_world(tmp_path, TINY, 5, "alone"), make_world(tmp_path, TINY, 5, "pooled", workers=2)
     files = sorted(p.relative_to(alone) for p in alone.rglob("*") if p.is_file())
     assert len(files) == 3 * (4 + 5) + 3 + 3  # images, EEG + splits + captions, recordings
