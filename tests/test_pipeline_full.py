@@ -145,6 +145,7 @@ def finetune_first_steps(repo) -> list[dict]:
     return list(runs.values())
 
 
+@pytest.mark.extended  # 80 s more than the library-level check in test_pretrain_distributed.py
 def test_two_processes_from_dvc_repro_equal_one_with_the_same_global_batch(repo, tmp_path):
     """compute.processes: 2 relaunches pretrain and finetune under accelerate (gloo on the CPU); with
     half the batch per process they compute what one process computes (draws are keyed by sample).

@@ -9,7 +9,7 @@ from dreamdiffusion.tools.ablation.queue import queue_active
 from pipeline import make_repo_copy, run
 from test_pipeline_full import TINY_ALL
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # about 4 minutes: `make test-extended`
 STAGES = ["download", "preprocess", "foundation", "pretrain", "finetune", "generate", "evaluate"]
 
 

@@ -65,11 +65,12 @@ class Stopped(KeyboardInterrupt):
 def stop_signals() -> Iterator[None]:
     """While a stage runs, SIGTERM and SIGINT raise `Stopped` once (a repeat is ignored while the stage
     cleans up; one that comes while `atomic_path` renames an output into place waits for it, one that
-    finds the main thread where it must not be raised (`unsafe_to_stop_in`) is raised again 10 ms later), and
-    SIGXFSZ is ignored, so a write over the file size limit fails with EFBIG instead of killing the
-    process. A signal ignored when the stage started (SIGINT of a background job) stays ignored; a
-    process forked from the stage (a data-loader worker) gets the default action. Handlers can only
-    be set from the main thread: elsewhere nothing changes."""
+    finds the main thread where it must not be raised (`unsafe_to_stop_in`) is raised again 10 ms later,
+    and so is one raised where Python drops exceptions (a weakref callback or finalizer of any module:
+    `sys.unraisablehook` gets it), and SIGXFSZ is ignored, so a write over the file size limit fails with
+    EFBIG instead of killing the process. A signal ignored when the stage started (SIGINT of a background
+    job) stays ignored; a process forked from the stage (a data-loader worker) gets the default action.
+    Handlers can only be set from the main thread: elsewhere nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -86,14 +87,26 @@ def stop_signals() -> Iterator[None]:
                 signal.signal(each, signal.SIG_IGN)
             raise Stopped(signum)
 
+    def listen():
+        for each in STOP_SIGNALS:
+            if previous[each] is not signal.SIG_IGN:
+                signal.signal(each, stop)
+
+    def dropped(unraisable) -> None:
+        if isinstance(unraisable.exc_value, Stopped) and threading.current_thread() is threading.main_thread():
+            listen()  # the stop never left the callback: take it again, where it can be raised
+            threading.Timer(0.01, signal.raise_signal, (unraisable.exc_value.signum,)).start()
+        else:
+            previous_hook(unraisable)
+
     previous = {each: signal.getsignal(each) for each in (*STOP_SIGNALS, signal.SIGXFSZ)}
-    for each in STOP_SIGNALS:
-        if previous[each] is not signal.SIG_IGN:
-            signal.signal(each, stop)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, dropped
+    listen()
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for each, handler in previous.items():
             signal.signal(each, signal.SIG_DFL if handler is None else handler)
 

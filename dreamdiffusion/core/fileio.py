@@ -93,10 +93,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     remove_dead_temps(path)
     tmp = None
     try:
-        with _committing():  # a stop signal waits until the new temporary is one `finally` removes
+        with stop_deferred():  # a stop signal waits until the new temporary is one `finally` removes
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent)) / path.name
         yield tmp
-        with _committing():  # a stop signal waits until the new output is in place
+        with stop_deferred():  # a stop signal waits until the new output is in place
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             elif path.exists() or path.is_symlink():
@@ -111,20 +111,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
-_COMMITS = {"open": 0, "held": None}  # `atomic_path` renames in progress; a stop signal that came meanwhile
+_COMMITS = {"open": 0, "held": None}  # `stop_deferred` blocks open; a stop signal that came meanwhile
 
 
 def hold_stop(signum: int) -> bool:
-    """Whether a stop signal (SIGTERM, SIGINT) must wait because `atomic_path` is replacing an output
-    (between removing the old one and renaming the new one in); if so, it is raised again
-    (`signal.raise_signal`) as soon as that is done."""
+    """Whether a stop signal (SIGTERM, SIGINT) must wait because a `stop_deferred` block runs (`atomic_path`
+    replacing an output, a worker pool's own code); if so, it is raised again (`signal.raise_signal`) as
+    soon as the outermost block ends."""
     if _COMMITS["open"]:
         _COMMITS["held"] = signum
     return bool(_COMMITS["open"])
 
 
+def stop_pending() -> bool:
+    """Whether a stop signal came during the open `stop_deferred` block and waits for its end."""
+    return _COMMITS["held"] is not None
+
+
 @contextlib.contextmanager
-def _committing() -> Iterator[None]:
+def stop_deferred() -> Iterator[None]:
     """A block that a stop signal does not interrupt (`hold_stop`)."""
     _COMMITS["open"] += 1
     try:
