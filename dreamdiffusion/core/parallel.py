@@ -3,6 +3,11 @@
 Workers come from a fork server (multiprocessing's "forkserver"), not from a fork of the stage itself:
 a stage runs other threads (the one opening its MLflow run imports modules in the background), and a
 child forked while another thread holds an import lock waits on it forever.
+
+A stop signal (SIGTERM, SIGINT) is never raised inside the pool's own code: an exception there can leave
+a started worker unknown to the pool, which then waits for tasks forever and keeps the stage's stderr
+open. It waits until that code returns: the tasks not yet started are cancelled, the running ones end,
+and the stop is raised.
 """
 from __future__ import annotations
 
