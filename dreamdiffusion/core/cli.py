@@ -43,7 +43,8 @@ def unsafe_to_stop_in(frame) -> bool:
     importlib's or logging's own, which holds locks other threads need (the import lock, a log
     handler's lock) between statements, so an exception there can leave one held for good (CPython
     issue 29988) and the thread that opens the MLflow run waits on it forever; a finalizer or weakref
-    callback, where Python prints the exception and drops it (the stop would be lost); or a file
+    callback (`__del__`, weakref.finalize), which would stop half-way and whose exception Python drops
+    (`stop_signals` catches such a drop from any other callback and raises the stop again); or a file
     method HDF5 calls back into (io.CALLED_BY_HDF5), where it would be a failed write inside HDF5."""
     if frame is None:
         return False
@@ -59,6 +60,12 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
+
+
+def raise_soon(signum: int) -> None:
+    """Send `signum` to this process again 10 ms from now (from a timer thread), for the main thread to take
+    where it can be raised."""
+    threading.Timer(0.01, signal.raise_signal, (signum,)).start()
 
 
 @contextlib.contextmanager
@@ -81,7 +88,7 @@ def stop_signals() -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         elif unsafe_to_stop_in(frame):
-            threading.Timer(0.01, signal.raise_signal, (signum,)).start()
+            raise_soon(signum)
         elif not hold_stop(signum):
             for each in STOP_SIGNALS:
                 signal.signal(each, signal.SIG_IGN)
@@ -95,7 +102,7 @@ def stop_signals() -> Iterator[None]:
     def dropped(unraisable) -> None:
         if isinstance(unraisable.exc_value, Stopped) and threading.current_thread() is threading.main_thread():
             listen()  # the stop never left the callback: take it again, where it can be raised
-            threading.Timer(0.01, signal.raise_signal, (unraisable.exc_value.signum,)).start()
+            raise_soon(unraisable.exc_value.signum)
         else:
             previous_hook(unraisable)
 
